@@ -1,0 +1,1 @@
+"""shardkv: an etcd-compatible, sharded, strongly consistent key-value store."""
