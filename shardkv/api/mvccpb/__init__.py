@@ -1,0 +1,1 @@
+"""Generated protobuf/gRPC modules; regenerate with scripts/gen_protos.sh."""
