@@ -67,6 +67,29 @@ class FakeMaintenance(rpc_pb2_grpc.MaintenanceServicer):
         )
 
 
+class FakeWatch(rpc_pb2_grpc.WatchServicer):
+    """Answers the first create request with `created`, then one PUT event."""
+
+    async def Watch(self, request_iterator, context):
+        async for req in request_iterator:
+            if req.WhichOneof("request_union") == "create_request":
+                cr = req.create_request
+                yield rpc_pb2.WatchResponse(header=header(), watch_id=0, created=True)
+                kv = kv_pb2.KeyValue(key=cr.key, value=b"v1", create_revision=REVISION + 1,
+                                     mod_revision=REVISION + 1, version=1)
+                yield rpc_pb2.WatchResponse(
+                    header=header(), watch_id=0,
+                    events=[kv_pb2.Event(type=kv_pb2.Event.PUT, kv=kv)],
+                )
+
+
+class FakeCluster(rpc_pb2_grpc.ClusterServicer):
+    async def MemberList(self, request, context):
+        m = rpc_pb2.Member(ID=MEMBER_ID, name="n1", peerURLs=["http://127.0.0.1:2380"],
+                           clientURLs=["http://127.0.0.1:2379"])
+        return rpc_pb2.MemberListResponse(header=header(), members=[m])
+
+
 class BackgroundServer:
     """A grpc.aio server running on its own event loop in a daemon thread."""
 
@@ -81,6 +104,8 @@ class BackgroundServer:
         self.server = grpc.aio.server()
         rpc_pb2_grpc.add_KVServicer_to_server(self.kv, self.server)
         rpc_pb2_grpc.add_MaintenanceServicer_to_server(FakeMaintenance(), self.server)
+        rpc_pb2_grpc.add_WatchServicer_to_server(FakeWatch(), self.server)
+        rpc_pb2_grpc.add_ClusterServicer_to_server(FakeCluster(), self.server)
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         await self.server.start()
 
@@ -104,16 +129,22 @@ def server():
     srv.stop()
 
 
-def etcdctl(server: BackgroundServer, *args: str) -> subprocess.CompletedProcess:
+def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
     env["ETCDCTL_API"] = "3"
     for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         env.pop(k, None)
-    return subprocess.run(
-        [ETCDCTL, f"--endpoints=127.0.0.1:{server.port}", "--dial-timeout=3s",
-         "--command-timeout=5s", *args],
-        env=env, capture_output=True, text=True, timeout=20,
-    )
+    return env
+
+
+def _argv(server: BackgroundServer, *args: str) -> list[str]:
+    return [ETCDCTL, f"--endpoints=127.0.0.1:{server.port}", "--dial-timeout=3s",
+            "--command-timeout=5s", *args]
+
+
+def etcdctl(server: BackgroundServer, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(_argv(server, *args), env=_env(), capture_output=True, text=True,
+                          timeout=20)
 
 
 def test_get(server):
@@ -173,3 +204,28 @@ def test_unimplemented_rpc_is_an_error_not_a_hang(server):
     r = etcdctl(server, "del", "foo")
     assert r.returncode != 0
     assert "Unimplemented" in r.stderr or "not implemented" in r.stderr.lower(), r.stderr
+
+
+def test_member_list_json(server):
+    r = etcdctl(server, "-w", "json", "member", "list")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["header"]["cluster_id"] == CLUSTER_ID
+    (m,) = out["members"]
+    assert m["ID"] == MEMBER_ID and m["name"] == "n1"
+    assert m["peerURLs"] == ["http://127.0.0.1:2380"]
+
+
+def test_watch_stream(server):
+    """Bidirectional streaming: etcdctl watch prints the event our server sends."""
+    proc = subprocess.Popen(_argv(server, "watch", "foo"), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(15, proc.kill)  # never hang the suite on a silent etcdctl
+    watchdog.start()
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+    finally:
+        watchdog.cancel()
+        proc.kill()
+        proc.communicate(timeout=10)
+    assert lines == ["PUT\n", "foo\n", "v1\n"]
