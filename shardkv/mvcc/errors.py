@@ -1,0 +1,79 @@
+"""One exception class per etcd error the storage engine can return.
+
+Each carries etcd v3.4's exact message text (the text clients see in the gRPC status), so the
+node layer can map them to gRPC codes by class and pass ``str(exc)`` through unchanged.
+"""
+from __future__ import annotations
+
+
+class EtcdError(Exception):
+    """Base class; ``message`` is etcd's exact text."""
+
+    message = "etcdserver: unknown error"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.message)
+
+
+class CompactedError(EtcdError):
+    message = "mvcc: required revision has been compacted"
+
+
+class FutureRevisionError(EtcdError):
+    message = "mvcc: required revision is a future revision"
+
+
+class EmptyKeyError(EtcdError):
+    message = "etcdserver: key is not provided"
+
+
+class KeyNotFoundError(EtcdError):
+    message = "etcdserver: key not found"
+
+
+class ValueProvidedError(EtcdError):
+    message = "etcdserver: value is provided"
+
+
+class LeaseProvidedError(EtcdError):
+    message = "etcdserver: lease is provided"
+
+
+class TooManyOpsError(EtcdError):
+    message = "etcdserver: too many operations in txn request"
+
+
+class DuplicateKeyError(EtcdError):
+    message = "etcdserver: duplicate key given in txn request"
+
+
+class NoSpaceError(EtcdError):
+    message = "etcdserver: mvcc: database space exceeded"
+
+
+class CorruptError(EtcdError):
+    message = "etcdserver: corrupt cluster"
+
+
+class LeaseNotFoundError(EtcdError):
+    message = "etcdserver: requested lease not found"
+
+
+class LeaseExistsError(EtcdError):
+    message = "etcdserver: lease already exists"
+
+
+class LeaseTTLTooLargeError(EtcdError):
+    message = "etcdserver: too large lease TTL"
+
+
+class NotPrimaryError(EtcdError):
+    """Keep-alive on a lessor that is not the leader's (etcd's lease.ErrNotPrimary)."""
+
+    message = "not a primary lessor"
+
+
+class SnapshotChecksumError(EtcdError):
+    """A snapshot stream whose trailing sha256 does not match its body."""
+
+    message = "snapshot: sha256 checksum mismatch"
