@@ -1,0 +1,249 @@
+"""Store behaviours pinned to etcd v3.4's observable answers, one scenario per test."""
+from __future__ import annotations
+
+import pytest
+
+from shardkv.mvcc import errors as E
+from shardkv.mvcc.kv import (
+    AlarmAction,
+    AlarmMember,
+    AlarmRequest,
+    AlarmType,
+    CompactionRequest,
+    Compare,
+    CompareResult,
+    CompareTarget,
+    DeleteRangeRequest,
+    PutRequest,
+    RangeRequest,
+    RequestOp,
+    TxnRequest,
+)
+from shardkv.mvcc.store import Store
+from shardkv.mvcc.validate import validate
+
+
+class Applier:
+    """Feeds requests to a store as consecutive Raft entries."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.index = store.consistent_index
+
+    def __call__(self, *requests: object) -> list[object]:
+        batch = []
+        for req in requests:
+            self.index += 1
+            batch.append((self.index, req))
+        return self.store.apply(batch).results
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store(tmp_path / "db") as s:
+        yield s
+
+
+def put(key: bytes, value: bytes = b"v", **kw) -> PutRequest:
+    return PutRequest(key=key, value=value, **kw)
+
+
+def op_put(key: bytes) -> RequestOp:
+    return RequestOp(request_put=put(key))
+
+
+def op_del(key: bytes, end: bytes = b"") -> RequestOp:
+    return RequestOp(request_delete_range=DeleteRangeRequest(key=key, range_end=end))
+
+
+def test_empty_store_is_at_revision_one_and_first_put_gets_two(store):
+    assert store.range(RangeRequest(key=b"a")).header.revision == 1
+    (resp,) = Applier(store)(put(b"a"))
+    assert resp.header.revision == 2
+
+
+def test_delete_of_nothing_does_not_bump_revision(store):
+    apply = Applier(store)
+    apply(put(b"a"))
+    (resp,) = apply(DeleteRangeRequest(key=b"zz"))
+    assert (resp.deleted, resp.header.revision) == (0, 2)
+    assert store.current_revision == 2
+
+
+def test_version_resets_after_delete_and_create_revision_moves(store):
+    apply = Applier(store)
+    apply(put(b"k"), put(b"k"), DeleteRangeRequest(key=b"k"), put(b"k"))
+    (kv,) = store.range(RangeRequest(key=b"k")).kvs
+    assert (kv.create_revision, kv.mod_revision, kv.version) == (5, 5, 1)
+    (old,) = store.range(RangeRequest(key=b"k", revision=3)).kvs
+    assert (old.create_revision, old.mod_revision, old.version) == (2, 3, 2)
+    assert store.range(RangeRequest(key=b"k", revision=4)).kvs == []
+
+
+def test_range_errors_for_future_and_compacted_revisions(store):
+    apply = Applier(store)
+    apply(put(b"a"), put(b"a"), put(b"a"), CompactionRequest(revision=3))
+    with pytest.raises(E.FutureRevisionError, match="required revision is a future revision"):
+        store.range(RangeRequest(key=b"a", revision=5))
+    with pytest.raises(E.CompactedError, match="required revision has been compacted"):
+        store.range(RangeRequest(key=b"a", revision=2))
+    assert store.range(RangeRequest(key=b"a", revision=3)).kvs[0].mod_revision == 3
+
+
+def test_compact_errors(store):
+    apply = Applier(store)
+    apply(put(b"a"), put(b"a"))
+    assert isinstance(apply(CompactionRequest(revision=9))[0], E.FutureRevisionError)
+    apply(CompactionRequest(revision=2))
+    assert isinstance(apply(CompactionRequest(revision=2))[0], E.CompactedError)
+    assert store.compact_revision == 2
+
+
+def test_ignore_value_and_lease_errors(store):
+    apply = Applier(store)
+    assert isinstance(apply(put(b"a", b"", ignore_value=True))[0], E.KeyNotFoundError)
+    assert isinstance(apply(put(b"a", b"x", ignore_value=True))[0], E.ValueProvidedError)
+    assert isinstance(apply(put(b"a", b"", lease=5, ignore_lease=True))[0], E.LeaseProvidedError)
+    assert isinstance(apply(put(b"a", lease=5))[0], E.LeaseNotFoundError)
+    apply(put(b"a", b"keep"))
+    apply(put(b"a", b"", ignore_value=True))
+    (kv,) = store.range(RangeRequest(key=b"a")).kvs
+    assert (kv.value, kv.version) == (b"keep", 2)
+
+
+def test_txn_duplicate_keys_follow_etcd_check_intervals():
+    def dup(*ops: RequestOp, failure: tuple = ()) -> bool:
+        try:
+            validate(TxnRequest(success=list(ops), failure=list(failure)))
+        except E.DuplicateKeyError:
+            return True
+        return False
+
+    nested = lambda s, f=(): RequestOp(request_txn=TxnRequest(success=list(s), failure=list(f)))
+    assert dup(op_put(b"a"), op_put(b"a"))
+    assert dup(op_put(b"b"), op_del(b"a", b"c"))
+    assert dup(op_del(b"a"), nested([op_put(b"a")]))
+    assert dup(op_put(b"a"), nested([op_put(b"a")]))
+    assert not dup(op_del(b"a", b"c"), op_del(b"b"))  # deletes may overlap deletes
+    assert not dup(nested([op_put(b"a")], [op_put(b"a")]))  # then/else are exclusive
+    assert not dup(op_put(b"a"), failure=(op_put(b"a"),))  # top-level branches are separate
+    assert not dup(op_put(b"b"), op_del(b"a", b"\x00"))  # etcd's from-key quirk
+
+
+def test_txn_too_many_ops_counts_nested_budget():
+    ops = [op_put(b"k%d" % i) for i in range(129)]
+    with pytest.raises(E.TooManyOpsError, match="too many operations in txn request"):
+        validate(TxnRequest(success=ops))
+    validate(TxnRequest(success=ops[:128]))
+    inner = RequestOp(request_txn=TxnRequest(success=[op_put(b"x"), op_put(b"y")]))
+    outer = TxnRequest(success=[inner] + [op_put(b"k%d" % i) for i in range(126)])
+    with pytest.raises(E.TooManyOpsError):
+        validate(outer)  # 127 at the top leaves a budget of 1 for the nested txn
+
+
+def test_txn_compares_see_state_before_writes_and_nested_headers_are_zero(store):
+    apply = Applier(store)
+    apply(put(b"a", b"1"))
+    cmp = Compare(key=b"a", target=CompareTarget.VALUE, result=CompareResult.EQUAL, value=b"1")
+    inner = TxnRequest(compare=[cmp], success=[op_put(b"b")], failure=[op_put(b"c")])
+    txn = TxnRequest(success=[RequestOp(request_put=put(b"a", b"2")), RequestOp(request_txn=inner)])
+    (resp,) = apply(txn)
+    assert resp.succeeded and resp.header.revision == 3
+    nested = resp.responses[1].response_txn
+    assert nested.succeeded and nested.header.revision == 0
+    assert [kv.key for kv in store.range(RangeRequest(key=b"a", range_end=b"z")).kvs] == [b"a", b"b"]
+
+
+def test_value_compare_on_missing_key_always_fails(store):
+    cmp = Compare(key=b"nope", target=CompareTarget.VALUE, result=CompareResult.NOT_EQUAL, value=b"x")
+    assert not store.txn_readonly(TxnRequest(compare=[cmp])).succeeded
+    cmp = Compare(key=b"nope", target=CompareTarget.VERSION, result=CompareResult.EQUAL, version=0)
+    assert store.txn_readonly(TxnRequest(compare=[cmp])).succeeded
+
+
+def test_batch_skips_applied_entries_and_persists_index(tmp_path):
+    with Store(tmp_path / "db") as s:
+        res = s.apply([(1, put(b"a")), (2, None), (3, put(b"b"))])
+        assert res.results[1] is None and res.revision == 3
+        assert [e.kv.key for e in res.events] == [b"a", b"b"]
+    with Store(tmp_path / "db") as s:
+        assert (s.consistent_index, s.current_revision) == (3, 3)
+        res = s.apply([(2, put(b"x")), (3, put(b"y")), (4, put(b"c"))])
+        assert res.results[:2] == [None, None]
+        assert s.range(RangeRequest(key=b"x")).kvs == []
+        assert s.current_revision == 4
+
+
+def test_revision_source_seam_allows_gaps(tmp_path):
+    class Tens:
+        def next_revision(self, current: int) -> int:
+            return (current // 10 + 1) * 10
+
+    with Store(tmp_path / "db", revision_source=Tens()) as s:
+        apply = Applier(s)
+        assert apply(put(b"a", b"1"))[0].header.revision == 10
+        assert apply(put(b"a", b"2"))[0].header.revision == 20
+        assert s.range(RangeRequest(key=b"a", revision=15)).kvs[0].value == b"1"
+        # a read-only request draws no revision
+        assert apply(DeleteRangeRequest(key=b"zz"))[0].header.revision == 20
+
+
+def test_map_grows_when_full(tmp_path):
+    with Store(tmp_path / "db", map_size=256 * 1024) as s:
+        apply = Applier(s)
+        for i in range(20):
+            apply(*[put(b"k%04d" % (i * 50 + j), b"x" * 1000) for j in range(50)])
+        assert s.range(RangeRequest(key=b"\x00", range_end=b"\x00", count_only=True)).count == 1000
+
+
+def test_nospace_alarm_blocks_puts_until_compact_defrag_disarm(tmp_path):
+    with Store(tmp_path / "db", member_id=7, quota_bytes=400 * 1024) as s:
+        apply = Applier(s)
+        results = []
+        while not any(isinstance(r, E.NoSpaceError) for r in results):
+            results = apply(*[put(b"k%03d" % j, b"x" * 2000) for j in range(20)])
+        assert s.alarms() == [AlarmMember(memberID=7, alarm=AlarmType.NOSPACE)]
+        (refused,) = apply(put(b"more"))
+        assert isinstance(refused, E.NoSpaceError)
+        assert str(refused) == "etcdserver: mvcc: database space exceeded"
+        assert apply(DeleteRangeRequest(key=b"\x00", range_end=b"\x00"))[0].deleted == 20
+        apply(CompactionRequest(revision=s.current_revision))
+        s.defragment()
+        assert s.size() < 400 * 1024
+        assert s.alarms() == [AlarmMember(memberID=7, alarm=AlarmType.NOSPACE)]  # persisted
+        (off,) = apply(AlarmRequest(action=AlarmAction.DEACTIVATE, memberID=7, alarm=AlarmType.NOSPACE))
+        assert off.alarms == [AlarmMember(memberID=7, alarm=AlarmType.NOSPACE)]
+        assert apply(put(b"more"))[0].header.revision == s.current_revision
+
+
+def test_alarms_survive_restart(tmp_path):
+    with Store(tmp_path / "db") as s:
+        Applier(s)(AlarmRequest(action=AlarmAction.ACTIVATE, memberID=3, alarm=AlarmType.CORRUPT))
+    with Store(tmp_path / "db") as s:
+        assert s.alarms(AlarmType.CORRUPT) == [AlarmMember(memberID=3, alarm=AlarmType.CORRUPT)]
+        assert isinstance(Applier(s)(put(b"a"))[0], E.CorruptError)
+
+
+def test_hashes_agree_between_replicas_and_hash_kv_checks_revision(tmp_path):
+    reqs = [put(b"a"), put(b"b"), DeleteRangeRequest(key=b"a"), put(b"c"), CompactionRequest(revision=3)]
+    with Store(tmp_path / "r1") as r1, Store(tmp_path / "r2") as r2:
+        Applier(r1)(*reqs)
+        apply2 = Applier(r2)
+        for req in reqs:  # different batching and Raft indexes must not matter
+            apply2(None, req)
+        assert r1.hash() == r2.hash()
+        assert r1.hash_kv(0) == r2.hash_kv(0)
+        assert r1.hash_kv(4).compact_revision == 3
+        assert r1.hash_kv(4).hash != r1.hash_kv(5).hash
+        with pytest.raises(E.CompactedError):
+            r1.hash_kv(3)
+        with pytest.raises(E.FutureRevisionError):
+            r1.hash_kv(6)
+
+
+def test_compaction_keeps_latest_revision_below_fence_and_drops_tombstones(store):
+    apply = Applier(store)
+    apply(put(b"a", b"1"), put(b"a", b"2"), put(b"b"), DeleteRangeRequest(key=b"b"), put(b"c"))
+    apply(CompactionRequest(revision=5))
+    assert [e.kv.mod_revision for e in store.events(0, 10)] == [3, 6]
+    assert store.range(RangeRequest(key=b"a", revision=5)).kvs[0].value == b"2"
