@@ -199,6 +199,12 @@ class Model:
         resp = RangeResponse(header=ResponseHeader(revision=cur), count=len(kvs))
         if r.count_only:
             return resp
+        filtered = (r.min_mod_revision or r.max_mod_revision or r.min_create_revision
+                    or r.max_create_revision)
+        if r.limit > 0 and r.sort_order == 0 and not filtered:
+            # etcd quirk: with sort_order NONE it fetches only limit+1 keys (in key order) and
+            # only then sorts them by a non-KEY target.
+            kvs = kvs[: r.limit + 1]
         kvs = [kv for kv in kvs
                if not (r.max_mod_revision and kv.mod_revision > r.max_mod_revision)
                and not (r.min_mod_revision and kv.mod_revision < r.min_mod_revision)
