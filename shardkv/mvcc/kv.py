@@ -45,6 +45,11 @@ class EventType(enum.IntEnum):
     DELETE = 1
 
 
+class FilterType(enum.IntEnum):
+    NOPUT = 0
+    NODELETE = 1
+
+
 class AlarmType(enum.IntEnum):
     NONE = 0
     NOSPACE = 1
@@ -249,6 +254,28 @@ class Event(msgspec.Struct, kw_only=True):
     type: int = EventType.PUT
     kv: KeyValue = msgspec.field(default_factory=KeyValue)
     prev_kv: KeyValue | None = None
+
+
+class WatchCreateRequest(msgspec.Struct, kw_only=True):
+    key: bytes = b""
+    range_end: bytes = b""
+    start_revision: int = 0
+    progress_notify: bool = False
+    filters: list[int] = msgspec.field(default_factory=list)
+    prev_kv: bool = False
+    watch_id: int = 0  # 0 asks the hub to choose (etcd's AutoWatchID)
+    fragment: bool = False
+
+
+class WatchResponse(msgspec.Struct, kw_only=True):
+    header: ResponseHeader = msgspec.field(default_factory=ResponseHeader)
+    watch_id: int = 0
+    created: bool = False
+    canceled: bool = False
+    compact_revision: int = 0
+    cancel_reason: str = ""
+    fragment: bool = False
+    events: list[Event] = msgspec.field(default_factory=list)
 
 
 # Requests that change the state machine and therefore go through Raft and ``Store.apply``.
