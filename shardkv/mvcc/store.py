@@ -103,11 +103,15 @@ Result = object  # a response struct, an EtcdError instance, or None (entry skip
 @dataclass
 class ApplyResult:
     """What ``Store.apply`` did: one result per batch item (response, ``EtcdError`` instance or
-    None for a skipped/empty entry) and every change event, in revision order, for the watch hub."""
+    None for a skipped/empty entry), every change event in revision order for the watch hub, the
+    revision after the batch, and an alarm the node must propose (see ``propose_alarm``)."""
 
     results: list[Result]
     events: list[Event]
     revision: int
+    # Set when the batch crossed the quota and no NOSPACE alarm is raised yet: the node must
+    # propose it (etcd does the same); once applied, writes with a cost are refused.
+    propose_alarm: AlarmRequest | None = None
 
 
 @dataclass
@@ -291,7 +295,7 @@ class Store:
         granted: list[tuple[int, int]] = []
         revoked: list[int] = []
         current, compact, applied = self._current_rev, self._compact_rev, self._consistent_index
-        base_size, batch_cost = self.size(), 0
+        base_size, batch_cost, nospace = self.size(), 0, False
         with self._env.begin(write=True) as txn:
             for raft_index, request in batch:
                 if raft_index <= applied:
@@ -322,10 +326,11 @@ class Store:
                 cost = _cost(request)
                 batch_cost += cost
                 if cost and base_size + batch_cost >= self.quota_bytes:
-                    # etcd applies the request that crosses the quota, then reports NOSPACE
-                    # and raises the alarm, after which writes with a cost are refused.
-                    txn.put(_ALARM.pack(self.member_id, AlarmType.NOSPACE), b"", db=self._dbs.alarm)
+                    # etcd applies the request that crosses the quota but answers NOSPACE; the
+                    # node then proposes the alarm through Raft, so that every replica starts
+                    # refusing writes at the same log position (a local switch would diverge).
                     result = NoSpaceError()
+                    nospace = True
                 results.append(result)
             txn.put(_CURRENT_REV, _I64.pack(current), db=self._dbs.meta)
             txn.put(_COMPACT_REV, _I64.pack(compact), db=self._dbs.meta)
@@ -335,7 +340,11 @@ class Store:
             self.lessor.granted(lease_id, ttl)
         for lease_id in revoked:
             self.lessor.revoked(lease_id)
-        return ApplyResult(results, events, current)
+        alarm = None
+        if nospace and not self.alarms(AlarmType.NOSPACE):
+            alarm = AlarmRequest(action=AlarmAction.ACTIVATE, memberID=self.member_id,
+                                 alarm=AlarmType.NOSPACE)
+        return ApplyResult(results, events, current, alarm)
 
     def _apply_one(self, v: _View, request: WriteRequest) -> Result:
         if isinstance(request, AlarmRequest):

@@ -199,9 +199,15 @@ def test_map_grows_when_full(tmp_path):
 def test_nospace_alarm_blocks_puts_until_compact_defrag_disarm(tmp_path):
     with Store(tmp_path / "db", member_id=7, quota_bytes=400 * 1024) as s:
         apply = Applier(s)
-        results = []
-        while not any(isinstance(r, E.NoSpaceError) for r in results):
-            results = apply(*[put(b"k%03d" % j, b"x" * 2000) for j in range(20)])
+        result = None
+        while result is None or result.propose_alarm is None:
+            result = s.apply([(s.consistent_index + 1 + j, put(b"k%03d" % j, b"x" * 2000))
+                              for j in range(20)])
+        assert isinstance(result.results[-1], E.NoSpaceError)  # applied, but answered NOSPACE
+        assert s.range(RangeRequest(key=b"k019")).count == 1
+        assert s.alarms() == []  # raising it is a Raft decision, proposed by the node:
+        apply.index = s.consistent_index
+        apply(result.propose_alarm)
         assert s.alarms() == [AlarmMember(memberID=7, alarm=AlarmType.NOSPACE)]
         (refused,) = apply(put(b"more"))
         assert isinstance(refused, E.NoSpaceError)
