@@ -244,6 +244,11 @@ class AlarmResponse(msgspec.Struct, kw_only=True):
     alarms: list[AlarmMember] = msgspec.field(default_factory=list)
 
 
+class HashResponse(msgspec.Struct, kw_only=True):
+    header: ResponseHeader = msgspec.field(default_factory=ResponseHeader)
+    hash: int = 0
+
+
 class HashKVResponse(msgspec.Struct, kw_only=True):
     header: ResponseHeader = msgspec.field(default_factory=ResponseHeader)
     hash: int = 0

@@ -53,6 +53,7 @@ from shardkv.mvcc.kv import (
     Event,
     EventType,
     HashKVResponse,
+    HashResponse,
     KeyValue,
     LeaseGrantRequest,
     LeaseGrantResponse,
@@ -424,19 +425,20 @@ class Store:
 
     # ---------------------------------------------------------------- hashes
 
-    def hash(self) -> int:
+    def hash(self) -> HashResponse:
         """etcd's Maintenance.Hash: crc32 (zlib/IEEE) over every database, in name order, each
         as its name then every key and value in key order -- except meta ``consistent_index``,
         which legitimately differs between replicas (etcd ignores it too)."""
         h = 0
         with self._env.begin() as txn:
+            revision = self._meta(txn, _CURRENT_REV, 1)
             for name in ("alarm", "index", "key", "lease", "lease_keys", "meta"):
                 h = zlib.crc32(name.encode(), h)
                 for k, v in txn.cursor(db=getattr(self._dbs, name)):
                     if name == "meta" and k == _CONSISTENT_INDEX:
                         continue
                     h = zlib.crc32(v, zlib.crc32(k, h))
-        return h
+        return HashResponse(header=ResponseHeader(member_id=self.member_id, revision=revision), hash=h)
 
     def hash_kv(self, revision: int = 0) -> HashKVResponse:
         """etcd's HashKV: crc32 (zlib/IEEE) of b"key" followed by every (revision bytes, stored

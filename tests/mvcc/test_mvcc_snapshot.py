@@ -70,7 +70,7 @@ def test_install_replaces_a_running_store(tmp_path):
             install(follower, corrupt)
         assert keys_and_values(follower)[0][1] == b"F" * 100  # untouched
         assert install(follower, stream) == 101
-        assert follower.hash() == leader.hash()
+        assert follower.hash().hash == leader.hash().hash
         assert follower.lessor.ids() == [9]
         follower.apply([(102, PutRequest(key=b"after", value=b"x"))])
         assert follower.current_revision == leader.current_revision + 1

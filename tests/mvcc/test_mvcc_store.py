@@ -237,7 +237,7 @@ def test_hashes_agree_between_replicas_and_hash_kv_checks_revision(tmp_path):
         apply2 = Applier(r2)
         for req in reqs:  # different batching and Raft indexes must not matter
             apply2(None, req)
-        assert r1.hash() == r2.hash()
+        assert r1.hash().hash == r2.hash().hash
         assert r1.hash_kv(0) == r2.hash_kv(0)
         assert r1.hash_kv(4).compact_revision == 3
         assert r1.hash_kv(4).hash != r1.hash_kv(5).hash
@@ -253,3 +253,11 @@ def test_compaction_keeps_latest_revision_below_fence_and_drops_tombstones(store
     apply(CompactionRequest(revision=5))
     assert [e.kv.mod_revision for e in store.events(0, 10)] == [3, 6]
     assert store.range(RangeRequest(key=b"a", revision=5)).kvs[0].value == b"2"
+
+
+def test_lazy_meta_sync_mode_keeps_data_and_index_together(tmp_path):
+    with Store(tmp_path / "db", durable=False) as s:
+        Applier(s)(put(b"a"), put(b"b"))
+    with Store(tmp_path / "db", durable=False) as s:
+        assert (s.consistent_index, s.current_revision) == (2, 3)
+        assert s.range(RangeRequest(key=b"a", range_end=b"c", count_only=True)).count == 2

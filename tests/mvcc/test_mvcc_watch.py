@@ -210,3 +210,22 @@ def test_many_watchers_see_exactly_their_events(tmp_path_factory, seed):
         assert events_of(received[w.id]) == want
         assert c.hub.is_synced(w.id)
     c.close()
+
+
+def test_compaction_cancels_only_watchers_left_behind(tmp_path):
+    c = Cluster(tmp_path / "db", buffer_limit=2)
+    behind = c.hub.watch(WatchCreateRequest(key=b"\x00", range_end=b"\x00"))
+    ahead = c.hub.watch(WatchCreateRequest(key=b"\x00", range_end=b"\x00"))
+    for i in range(6):
+        c.apply(put(b"k%d" % i))
+        ahead.take()
+    assert not c.hub.is_synced(behind.id)  # buffer full since revision 3
+    got = behind.take()
+    c.apply(CompactionRequest(revision=5))
+    c.hub.sync_unsynced()
+    cancel = behind.take()[-1]
+    assert (cancel.canceled, cancel.compact_revision) == (True, 5)
+    assert events_of(got) == [(EventType.PUT, b"k0", 2)]  # a gap-free prefix, then the cancel
+    c.apply(put(b"after"))
+    assert events_of(ahead.take()) == [(EventType.PUT, b"after", 8)]
+    c.close()
