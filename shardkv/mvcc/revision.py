@@ -28,9 +28,12 @@ def bytes_to_rev(raw: bytes) -> tuple[int, int, bool]:
 class RevisionSource(Protocol):
     """Chooses the main revision of the next state-changing request.
 
-    Must return a value strictly greater than ``current``. Single-group mode counts locally;
-    sharded mode will draw revisions from a global order (gaps are allowed: reads at a revision
-    inside a gap see the state of the latest revision below it)."""
+    Must return a value strictly greater than ``current``, and the same value for the same
+    ``current`` on every replica and on a retry (``Store.apply`` re-runs a batch after growing
+    the LMDB map), so anything it draws on must come from the Raft log. It is asked only when a
+    request actually changes something. Single-group mode counts locally; sharded mode will draw
+    revisions from a global order (gaps are allowed: reads at a revision inside a gap see the
+    state of the latest revision below it)."""
 
     def next_revision(self, current: int) -> int: ...
 

@@ -18,7 +18,7 @@ import os
 import shutil
 import struct
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,7 +150,13 @@ class _View:
 
 
 class Store:
-    """MVCC keyspace + leases + alarms of one Raft group, persisted in LMDB under ``path``."""
+    """MVCC keyspace + leases + alarms of one Raft group, persisted in LMDB under ``path``.
+
+    Threading: one thread applies (``apply``); reads (``range``, ``txn_readonly``, ``events``,
+    hashes, ``copy_to``) may run in other threads concurrently, each in its own LMDB read
+    transaction. ``defragment``/``replace_with`` and map growth inside ``apply`` need no other
+    call in flight: the node should hold a lock that readers share around those.
+    """
 
     def __init__(
         self,
