@@ -130,7 +130,8 @@ def _is_read(req: object) -> bool:
 @given(seq=st.lists(st.tuples(requests, st.booleans()), min_size=3, max_size=40))
 def test_store_matches_model(tmp_path_factory, seq) -> None:
     model = Model()
-    with Store(tmp_path_factory.mktemp("prop")) as store:
+    with Store(tmp_path_factory.mktemp("prop")) as store, \
+            Store(tmp_path_factory.mktemp("replica"), durable=False) as replica:
         pending: list[tuple[object, object]] = [(r, model.write(r)) for r in SEED]
         index = 0
 
@@ -140,6 +141,7 @@ def test_store_matches_model(tmp_path_factory, seq) -> None:
             for req, _ in pending:
                 index += 1
                 batch.append((index, req))
+                replica.apply([(index, req)])  # same log, one entry per batch
             result = store.apply(batch)
             for got, (_, want) in zip(result.results, pending):
                 _same(got, want)
@@ -158,6 +160,8 @@ def test_store_matches_model(tmp_path_factory, seq) -> None:
         flush()
         assert store.current_revision == model.rev
         assert store.consistent_index == index
+        assert store.hash() == replica.hash()  # replicas agree byte for byte
+        assert store.hash_kv(0) == replica.hash_kv(0)
         for rev in range(max(model.compact, 1), model.rev + 1):
             req = RangeRequest(key=b"\x00", range_end=b"\x00", revision=rev)
             _same(_outcome(store.range, req), model.read(req))
