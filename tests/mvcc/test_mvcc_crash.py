@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from mvcc_crash_child import DELETE_EVERY, entry_data, store_key
@@ -38,11 +39,14 @@ def run_until_killed(kind: str, path: Path, seed: int) -> tuple[list[list[str]],
             if words[0] == "BEGIN":
                 inflight = words[1:]
                 if len(acked) >= acks_wanted and kill_mid_write:
+                    # A bounded wait for the child to get somewhere into the write (building,
+                    # writing pages, syncing, committing): varies where the kill lands.
+                    time.sleep(rng.uniform(0, 0.01))
                     break
             else:
                 acked.append(inflight)
                 inflight = None
-                if len(acked) >= acks_wanted:
+                if len(acked) >= acks_wanted and not kill_mid_write:
                     break
     finally:
         proc.kill()
