@@ -31,26 +31,33 @@ def run_until_killed(kind: str, path: Path, seed: int) -> tuple[list[list[str]],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-    acked: list[list[str]] = []
-    inflight: list[str] | None = None
+    lines: list[str] = []
     try:
         for line in proc.stdout:  # each read is bounded by the child's next announcement
-            words = line.split()
-            if words[0] == "BEGIN":
-                inflight = words[1:]
-                if len(acked) >= acks_wanted and kill_mid_write:
-                    # A bounded wait for the child to get somewhere into the write (building,
-                    # writing pages, syncing, committing): varies where the kill lands.
-                    time.sleep(rng.uniform(0, 0.01))
-                    break
-            else:
-                acked.append(inflight)
-                inflight = None
-                if len(acked) >= acks_wanted and not kill_mid_write:
-                    break
+            lines.append(line)
+            acks = sum(1 for seen in lines if seen.startswith("ACK"))
+            if acks < acks_wanted:
+                continue
+            if line.startswith("BEGIN") and kill_mid_write:
+                # A bounded wait for the child to get somewhere into the write (building,
+                # writing pages, syncing, committing): varies where the kill lands.
+                time.sleep(rng.uniform(0, 0.01))
+                break
+            if line.startswith("ACK") and not kill_mid_write:
+                break
     finally:
         proc.kill()
-        _, err = proc.communicate(timeout=30)
+        rest, err = proc.communicate(timeout=30)
+    lines += rest.splitlines()  # announcements made while we were not reading
+    acked: list[list[str]] = []
+    inflight: list[str] | None = None
+    for line in lines:
+        words = line.split()
+        if words and words[0] == "BEGIN":
+            inflight = words[1:]
+        elif words == ["ACK"]:
+            acked.append(inflight)
+            inflight = None
     assert len(acked) >= acks_wanted, f"child stopped early: {err}"
     return acked, inflight
 
