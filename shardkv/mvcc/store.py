@@ -259,7 +259,7 @@ class Store:
     def txn_readonly(self, request: TxnRequest) -> TxnResponse:
         """A transaction without puts/deletes, served from a read snapshot (no new revision)."""
         validate(request, self.max_txn_ops)
-        if not _is_readonly(request):
+        if not is_readonly_txn(request):
             raise ValueError("txn_readonly got a txn that writes; propose it through Raft")
         with self._env.begin() as txn:
             return _txn(self._view(txn), request)
@@ -704,11 +704,12 @@ def _compare_kv(c: Compare, kv: KeyValue) -> bool:
     return True
 
 
-def _is_readonly(r: TxnRequest) -> bool:
+def is_readonly_txn(r: TxnRequest) -> bool:
+    """No put or delete anywhere in it: the node may serve it with ``Store.txn_readonly``."""
     for op in [*r.success, *r.failure]:
         if op.request_put or op.request_delete_range:
             return False
-        if op.request_txn and not _is_readonly(op.request_txn):
+        if op.request_txn and not is_readonly_txn(op.request_txn):
             return False
     return True
 
@@ -737,7 +738,7 @@ def _check_op_range(v: _View, op: RequestOp) -> None:
 
 def _txn(v: _View, r: TxnRequest) -> TxnResponse:
     path = _compare_to_path(v, r)
-    if not _is_readonly(r):
+    if not is_readonly_txn(r):
         _check_path(v, r, path, _check_op_put)
     _check_path(v, r, path, _check_op_range)
     resp = _apply_path(v, r, path)

@@ -18,7 +18,7 @@ from shardkv.mvcc.kv import (
     RequestOp,
     TxnRequest,
 )
-from shardkv.mvcc.store import Store, _is_readonly
+from shardkv.mvcc.store import Store, is_readonly_txn
 
 settings.register_profile(
     "mvcc", max_examples=200, deadline=None,
@@ -123,7 +123,7 @@ def _same(got: object, want: object) -> None:
 
 
 def _is_read(req: object) -> bool:
-    return isinstance(req, RangeRequest) or (isinstance(req, TxnRequest) and _is_readonly(req))
+    return isinstance(req, RangeRequest) or (isinstance(req, TxnRequest) and is_readonly_txn(req))
 
 
 @MVCC
