@@ -18,6 +18,7 @@ from shardkv.mvcc.store import Store
 
 CHECKSUM_LEN = 32
 DEFAULT_CHUNK_SIZE = 1024 * 1024
+Source = Iterable[bytes] | str | os.PathLike[str]  # chunks, or a file holding the stream
 
 
 class StoreSnapshot:
@@ -50,7 +51,7 @@ class StoreSnapshot:
         self._path.unlink(missing_ok=True)
 
 
-def _stream_of(source: Iterable[bytes] | str | os.PathLike[str]) -> Iterable[bytes]:
+def _stream_of(source: Source) -> Iterable[bytes]:
     if isinstance(source, (str, os.PathLike)):
         def read_file() -> Iterator[bytes]:
             with open(source, "rb") as f:
@@ -60,7 +61,7 @@ def _stream_of(source: Iterable[bytes] | str | os.PathLike[str]) -> Iterable[byt
     return source
 
 
-def _write_verified(source: Iterable[bytes] | str | os.PathLike[str], target: Path) -> None:
+def _write_verified(source: Source, target: Path) -> None:
     """Write the body to ``target``; raise SnapshotChecksumError (removing it) if the trailing
     sha256 does not match. The last 32 bytes seen are held back since they may be the digest."""
     digest = hashlib.sha256()
@@ -78,7 +79,7 @@ def _write_verified(source: Iterable[bytes] | str | os.PathLike[str], target: Pa
         raise SnapshotChecksumError()
 
 
-def restore(source: Iterable[bytes] | str | os.PathLike[str], data_dir: str | os.PathLike[str]) -> int:
+def restore(source: Source, data_dir: str | os.PathLike[str]) -> int:
     """Create a new store directory from a snapshot stream (chunks, or a file holding it).
     Returns the applied Raft index the snapshot contains."""
     data_dir = Path(data_dir)
@@ -90,7 +91,7 @@ def restore(source: Iterable[bytes] | str | os.PathLike[str], data_dir: str | os
         return store.consistent_index
 
 
-def install(store: Store, source: Iterable[bytes] | str | os.PathLike[str]) -> int:
+def install(store: Store, source: Source) -> int:
     """Replace a running store's whole state with a received snapshot (verified first; the old
     state is untouched if verification fails). Returns the snapshot's applied index. Watchers
     of the old state should be cancelled by the caller: history may have changed under them."""

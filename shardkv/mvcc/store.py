@@ -444,7 +444,8 @@ class Store:
                     if name == "meta" and k == _CONSISTENT_INDEX:
                         continue
                     h = zlib.crc32(v, zlib.crc32(k, h))
-        return HashResponse(header=ResponseHeader(member_id=self.member_id, revision=revision), hash=h)
+        header = ResponseHeader(member_id=self.member_id, revision=revision)
+        return HashResponse(header=header, hash=h)
 
     def hash_kv(self, revision: int = 0) -> HashKVResponse:
         """etcd's HashKV: crc32 (zlib/IEEE) of b"key" followed by every (revision bytes, stored
@@ -714,7 +715,9 @@ def is_readonly_txn(r: TxnRequest) -> bool:
     return True
 
 
-def _check_path(v: _View, r: TxnRequest, path: _Path, check: Callable[[_View, RequestOp], None]) -> None:
+def _check_path(
+    v: _View, r: TxnRequest, path: _Path, check: Callable[[_View, RequestOp], None]
+) -> None:
     nested = iter(path.nested)
     for op in _branch(r, path):
         if op.request_txn:

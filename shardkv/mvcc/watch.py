@@ -31,6 +31,7 @@ from shardkv.mvcc.store import Store
 
 DEFAULT_BUFFER_LIMIT = 128  # etcd's per-watcher channel length
 DEFAULT_REVS_PER_SYNC = 1000  # etcd's watchBatchMaxRevs: revisions per catch-up response
+_PrevCache = dict[tuple[bytes, int], KeyValue | None]  # (key, revision) -> value then
 
 
 class Watcher:
@@ -127,7 +128,7 @@ class WatchHub:
             return
         first = events[0].kv.mod_revision
         last = events[-1].kv.mod_revision
-        prev_cache: dict[tuple[bytes, int], KeyValue | None] = {}
+        prev_cache: _PrevCache = {}
         for watcher in list(self._synced.values()):
             if watcher.next_rev > last:
                 continue  # created with a future start revision
@@ -140,7 +141,7 @@ class WatchHub:
             watcher.next_rev = last + 1
 
     def _deliver(self, watcher: Watcher, events: Iterable[Event],
-                 prev_cache: dict[tuple[bytes, int], KeyValue | None]) -> None:
+                 prev_cache: _PrevCache) -> None:
         mine = [e for e in events if e.kv.mod_revision >= watcher.next_rev and watcher.matches(e)]
         if not mine:
             return
@@ -148,7 +149,7 @@ class WatchHub:
             mine = [Event(type=e.type, kv=e.kv, prev_kv=self._prev_kv(e, prev_cache)) for e in mine]
         watcher.send(WatchResponse(header=self._header(), watch_id=watcher.id, events=mine))
 
-    def _prev_kv(self, event: Event, cache: dict[tuple[bytes, int], KeyValue | None]) -> KeyValue | None:
+    def _prev_kv(self, event: Event, cache: _PrevCache) -> KeyValue | None:
         """The key's value just before the event (etcd reads it at mod_revision - 1; missing if
         compacted away)."""
         at = (event.kv.key, event.kv.mod_revision - 1)
@@ -166,7 +167,7 @@ class WatchHub:
         ``compact_revision`` set, as etcd does."""
         current = self.store.current_revision
         compact = self.store.compact_revision
-        prev_cache: dict[tuple[bytes, int], KeyValue | None] = {}
+        prev_cache: _PrevCache = {}
         for watcher in list(self._unsynced.values()):
             if watcher.next_rev < compact:
                 del self._unsynced[watcher.id]
