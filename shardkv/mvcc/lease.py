@@ -45,13 +45,13 @@ class Lessor:
 
     # -- mirror of applied state (called by Store after its transaction commits) --
 
-    def reset(self, leases: dict[int, int]) -> None:
-        """Forget everything and adopt ``{ID: granted TTL}`` (open, snapshot install)."""
+    def adopt(self, leases: dict[int, int]) -> None:
+        """Make ``{ID: granted TTL}`` the lease set (store open, defrag, snapshot install).
+        Leases already known keep their deadline, so a defrag on the leader extends nothing."""
+        now = self._clock()
         self._ttl = dict(leases)
-        self._expiry = {}
         if self.primary:
-            now = self._clock()
-            self._expiry = {lid: now + ttl for lid, ttl in self._ttl.items()}
+            self._expiry = {lid: self._expiry.get(lid, now + ttl) for lid, ttl in leases.items()}
 
     def granted(self, lease_id: int, ttl: int) -> None:
         self._ttl[lease_id] = ttl

@@ -206,7 +206,7 @@ class Store:
             leases = {
                 _ID.unpack(k)[0]: _decode_int(v) for k, v in txn.cursor(db=self._dbs.lease)
             }
-        self.lessor.reset(leases)
+        self.lessor.adopt(leases)
 
     def close(self) -> None:
         self._env.close()

@@ -131,3 +131,11 @@ def test_promote_extends_and_spreads_expiries():
         assert sum(1 for t in due if start <= t < start + 1) <= 3
     assert lessor.expired(clock.now + 14.9) == []
     assert len(lessor.expired(clock.now + 100)) == 10
+
+
+def test_defragment_keeps_lease_deadlines(node):
+    node.apply(LeaseGrantRequest(ID=1, TTL=10))
+    node.store.lessor.promote(extend=0)
+    node.clock.now += 6
+    node.store.defragment()
+    assert node.store.lease_time_to_live(LeaseTimeToLiveRequest(ID=1)).TTL == 4
