@@ -71,11 +71,11 @@ class Lessor:
         self.primary = True
         now = self._clock()
         self._expiry = {lid: now + extend + ttl for lid, ttl in self._ttl.items()}
-        self._spread_expiries(now, extend)
+        self._spread_expiries(now)
 
-    def _spread_expiries(self, now: float, extend: float) -> None:
-        if not self._expiry:
-            return
+    def _spread_expiries(self, now: float) -> None:
+        if len(self._expiry) < self._revoke_rate:
+            return  # etcd: fewer leases than one second of revokes cannot pile up
         target = max(1, (3 * self._revoke_rate) // 4)  # leave headroom below the revoke rate
         order = sorted(self._expiry, key=lambda lid: self._expiry[lid])
         base = self._expiry[order[0]] - now
