@@ -81,6 +81,10 @@ class WatchHub:
         self.buffer_limit = buffer_limit
         self.revs_per_sync = revs_per_sync
         self._synced: dict[int, Watcher] = {}
+        # Synced watchers again, indexed so notify only visits watchers an event can concern:
+        # single-key watchers by key; range watchers are checked against every event.
+        self._synced_by_key: dict[bytes, dict[int, Watcher]] = {}
+        self._synced_ranges: dict[int, Watcher] = {}
         self._unsynced: dict[int, Watcher] = {}
         self._next_id = 0
 
@@ -98,9 +102,28 @@ class WatchHub:
         start = req.start_revision
         watcher = Watcher(self, watch_id, req, start if start > 0 else current + 1, on_ready)
         watcher.send(WatchResponse(header=self._header(), watch_id=watch_id, created=True))
-        group = self._synced if watcher.next_rev > current else self._unsynced
-        group[watch_id] = watcher
+        if watcher.next_rev > current:
+            self._add_synced(watcher)
+        else:
+            self._unsynced[watch_id] = watcher
         return watcher
+
+    def _add_synced(self, watcher: Watcher) -> None:
+        self._synced[watcher.id] = watcher
+        if watcher.range_end:
+            self._synced_ranges[watcher.id] = watcher
+        else:
+            self._synced_by_key.setdefault(watcher.key, {})[watcher.id] = watcher
+
+    def _remove_synced(self, watcher: Watcher) -> None:
+        del self._synced[watcher.id]
+        if watcher.range_end:
+            del self._synced_ranges[watcher.id]
+            return
+        same_key = self._synced_by_key[watcher.key]
+        del same_key[watcher.id]
+        if not same_key:
+            del self._synced_by_key[watcher.key]
 
     def _auto_id(self) -> int:
         while self._next_id in self._synced or self._next_id in self._unsynced:
@@ -109,9 +132,12 @@ class WatchHub:
         return self._next_id - 1
 
     def cancel(self, watch_id: int) -> None:
-        watcher = self._synced.pop(watch_id, None) or self._unsynced.pop(watch_id, None)
-        if watcher is not None:
-            watcher.send(WatchResponse(header=self._header(), watch_id=watch_id, canceled=True))
+        watcher = self._synced.get(watch_id) or self._unsynced.pop(watch_id, None)
+        if watcher is None:
+            return
+        if watch_id in self._synced:
+            self._remove_synced(watcher)
+        watcher.send(WatchResponse(header=self._header(), watch_id=watch_id, canceled=True))
 
     def is_synced(self, watch_id: int) -> bool:
         return watch_id in self._synced
@@ -127,22 +153,32 @@ class WatchHub:
         if not events:
             return
         first = events[0].kv.mod_revision
-        last = events[-1].kv.mod_revision
+        by_key: dict[bytes, list[Event]] = {}
+        for event in events:
+            by_key.setdefault(event.kv.key, []).append(event)
+        concerned = dict(self._synced_ranges)
+        for key in by_key:
+            concerned.update(self._synced_by_key.get(key, {}))
         prev_cache: _PrevCache = {}
-        for watcher in list(self._synced.values()):
-            if watcher.next_rev > last:
-                continue  # created with a future start revision
+        for watcher in concerned.values():
+            # A synced watcher has been sent everything before this batch; its next_rev only
+            # matters while it waits for a future start revision.
+            candidates = by_key[watcher.key] if not watcher.range_end else events
+            mine = self._select(watcher, candidates)
+            if not mine:
+                continue
             if watcher.full:
-                del self._synced[watcher.id]
+                self._remove_synced(watcher)
                 self._unsynced[watcher.id] = watcher
                 watcher.next_rev = max(watcher.next_rev, first)
                 continue
-            self._deliver(watcher, events, prev_cache)
-            watcher.next_rev = last + 1
+            self._send_events(watcher, mine, prev_cache)
 
-    def _deliver(self, watcher: Watcher, events: Iterable[Event],
-                 prev_cache: _PrevCache) -> None:
-        mine = [e for e in events if e.kv.mod_revision >= watcher.next_rev and watcher.matches(e)]
+    @staticmethod
+    def _select(watcher: Watcher, events: Iterable[Event]) -> list[Event]:
+        return [e for e in events if e.kv.mod_revision >= watcher.next_rev and watcher.matches(e)]
+
+    def _send_events(self, watcher: Watcher, mine: list[Event], prev_cache: _PrevCache) -> None:
         if not mine:
             return
         if watcher.prev_kv:
@@ -176,11 +212,12 @@ class WatchHub:
                 continue
             while watcher.next_rev <= current and not watcher.full:
                 end = min(current, watcher.next_rev + self.revs_per_sync - 1)
-                self._deliver(watcher, self.store.events(watcher.next_rev, end), prev_cache)
+                mine = self._select(watcher, self.store.events(watcher.next_rev, end))
+                self._send_events(watcher, mine, prev_cache)
                 watcher.next_rev = end + 1
             if watcher.next_rev > current:
                 del self._unsynced[watcher.id]
-                self._synced[watcher.id] = watcher
+                self._add_synced(watcher)
 
     def progress(self, requested_only: bool = True) -> None:
         """Progress notification (an empty response at the current revision) to synced watchers:
