@@ -283,9 +283,11 @@ class WatchResponse(msgspec.Struct, kw_only=True):
     events: list[Event] = msgspec.field(default_factory=list)
 
 
-# Requests that change the state machine and therefore go through Raft and ``Store.apply``.
+# Requests ``Store.apply`` takes from the Raft log: those that change the state machine, plus
+# RangeRequest for a read the node chooses to serialize through the log.
 WriteRequest = (
-    PutRequest
+    RangeRequest
+    | PutRequest
     | DeleteRangeRequest
     | TxnRequest
     | CompactionRequest

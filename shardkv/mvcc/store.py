@@ -360,6 +360,9 @@ class Store:
             raise CorruptError()
         if _cost(request) and _alarm_active(v, AlarmType.NOSPACE):
             raise NoSpaceError()
+        if isinstance(request, RangeRequest):  # a read serialized through the log
+            validate(request)
+            return _range(v, request)
         if isinstance(request, PutRequest):
             validate(request)
             return _put(v, request)

@@ -261,3 +261,8 @@ def test_lazy_meta_sync_mode_keeps_data_and_index_together(tmp_path):
     with Store(tmp_path / "db", durable=False) as s:
         assert (s.consistent_index, s.current_revision) == (2, 3)
         assert s.range(RangeRequest(key=b"a", range_end=b"c", count_only=True)).count == 2
+
+
+def test_range_through_the_log_reads_in_order(store):
+    got = Applier(store)(put(b"a", b"1"), RangeRequest(key=b"a"), put(b"a", b"2"))
+    assert got[1].kvs[0].value == b"1" and got[1].header.revision == 2
