@@ -35,6 +35,8 @@ _PrevCache = dict[tuple[bytes, int], KeyValue | None]  # (key, revision) -> valu
 
 
 class Watcher:
+    """One watch: what it selects, and its buffer of responses waiting to be sent."""
+
     def __init__(self, hub: WatchHub, watch_id: int, req: WatchCreateRequest,
                  next_rev: int, on_ready: Callable[[], None] | None) -> None:
         self._hub = hub
@@ -45,7 +47,9 @@ class Watcher:
         self.progress_notify = req.progress_notify
         self._skip = {EventType.PUT if f == FilterType.NOPUT else EventType.DELETE
                       for f in req.filters}
-        self.next_rev = next_rev  # first revision this watcher has not been sent yet
+        # Unsynced: the first revision not sent yet. Synced: a lower bound only (it stays at the
+        # start revision, which matters while that is still in the future).
+        self.next_rev = next_rev
         self._buffer: deque[WatchResponse] = deque()
         self._on_ready = on_ready
 
