@@ -211,6 +211,11 @@ class Store:
     def close(self) -> None:
         self._env.close()
 
+    def sync(self) -> None:
+        """Force everything committed so far to disk (useful with ``durable=False``, e.g. before
+        telling Raft it may drop log entries the state machine has applied)."""
+        self._env.sync(True)
+
     def __enter__(self) -> Store:
         return self
 

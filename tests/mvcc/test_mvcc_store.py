@@ -258,6 +258,7 @@ def test_compaction_keeps_latest_revision_below_fence_and_drops_tombstones(store
 def test_lazy_meta_sync_mode_keeps_data_and_index_together(tmp_path):
     with Store(tmp_path / "db", durable=False) as s:
         Applier(s)(put(b"a"), put(b"b"))
+        s.sync()
     with Store(tmp_path / "db", durable=False) as s:
         assert (s.consistent_index, s.current_revision) == (2, 3)
         assert s.range(RangeRequest(key=b"a", range_end=b"c", count_only=True)).count == 2
