@@ -1,7 +1,9 @@
 """One exception class per etcd error the storage engine can return.
 
-Each carries etcd v3.4's exact message text (the text clients see in the gRPC status), so the
-node layer can map them to gRPC codes by class and pass ``str(exc)`` through unchanged.
+``str(exc)`` is etcd v3.4's exact client-visible text (the gRPC status message of
+``rpctypes``), so the node can turn any of them into the wire error with
+``shardkv.api.errors.from_message(str(exc))``. For the two mvcc errors this is the mvcc text
+("mvcc: required revision ...") behind etcd's "etcdserver: " prefix, as clients receive it.
 """
 from __future__ import annotations
 
@@ -16,11 +18,11 @@ class EtcdError(Exception):
 
 
 class CompactedError(EtcdError):
-    message = "mvcc: required revision has been compacted"
+    message = "etcdserver: mvcc: required revision has been compacted"
 
 
 class FutureRevisionError(EtcdError):
-    message = "mvcc: required revision is a future revision"
+    message = "etcdserver: mvcc: required revision is a future revision"
 
 
 class EmptyKeyError(EtcdError):
