@@ -740,11 +740,15 @@ def _check_op_put(v: _View, op: RequestOp) -> None:
 
 
 def _check_op_range(v: _View, op: RequestOp) -> None:
-    if op.request_range:
-        if op.request_range.revision > v.rev():
-            _fail(FutureRevisionError)
-        if op.request_range.revision < v.compact_rev:
-            _fail(CompactedError)
+    """etcd's checkRequestRange: revision 0 (latest) always passes; note that a negative
+    revision fails as compacted once anything was compacted (etcd compares it as is)."""
+    rev = op.request_range.revision if op.request_range else 0
+    if rev == 0:
+        return
+    if rev > v.rev():
+        _fail(FutureRevisionError)
+    if rev < v.compact_rev:
+        _fail(CompactedError)
 
 
 def _txn(v: _View, r: TxnRequest) -> TxnResponse:

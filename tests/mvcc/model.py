@@ -287,7 +287,7 @@ class Model:
         for op, sub in plan:
             if sub is not None:
                 self.walk_range_checks(sub[1])
-            elif op.request_range is not None:
+            elif op.request_range is not None and op.request_range.revision != 0:
                 if op.request_range.revision > self.cur():
                     raise E.FutureRevisionError()
                 if op.request_range.revision < self.compact:
