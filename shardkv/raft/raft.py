@@ -33,6 +33,7 @@ from .types import (
     Snapshot,
     StateRole,
     decode_conf_change,
+    encode,
 )
 
 # Test-only switches that plant classic Raft bugs, so the simulator can prove it catches them.
@@ -44,7 +45,7 @@ BUG_KEEP_CONFLICTING_SUFFIX = "keep_conflicting_suffix"  # follower does not tru
 @dataclass
 class Config:
     id: int
-    voters: tuple[int, ...] = ()  # initial cluster; ignored once the log or snapshot says more
+    voters: tuple[int, ...] = ()  # initial cluster, written into a brand-new log (bootstrap)
     learners: tuple[int, ...] = ()
     election_tick: int = 10
     heartbeat_tick: int = 1
@@ -131,16 +132,27 @@ class Raft:
         self.read_only = ReadOnly()
         self.pending_read_index: list[Message] = []  # reads waiting for a commit in this term
         self.need_bcast = False  # new entries appended: one broadcast at the next Ready
-        snap_cs = persisted.snapshot.meta.conf_state
-        base = snap_cs if (snap_cs.voters or snap_cs.learners) else ConfState(
-            tuple(sorted(config.voters)), tuple(sorted(config.learners))
-        )
-        # (index, term, conf) for the base and every conf change entry in the log
+        if not persisted.entries and persisted.snapshot.meta.index == 0 and hs == HardState():
+            self._bootstrap(config)
+        # (index, term, conf) for the snapshot's configuration and each conf change in the log
         self.conf_history: list[tuple[int, int, ConfState]] = [
-            (self.log.offset, self.log.snapshot.meta.term, base)
+            (self.log.offset, self.log.snapshot.meta.term, persisted.snapshot.meta.conf_state)
         ]
         self._scan_conf_changes(self.log.first_index())
         self.become_follower(self.term, NONE)
+
+    def _bootstrap(self, config: Config) -> None:
+        """A brand-new member of the initial cluster writes the initial configuration into its
+        log as committed conf change entries (term 1), identical on every initial member, so the
+        configuration is always a function of the log: a member added later learns it there.
+        A member joining an existing cluster starts empty (no voters) and waits for the leader."""
+        changes = [ConfChange(ConfChangeType.ADD_NODE, n) for n in sorted(config.voters)]
+        changes += [ConfChange(ConfChangeType.ADD_LEARNER, n) for n in sorted(config.learners)]
+        if not changes:
+            return
+        self.log.append([Entry(1, i + 1, EntryType.CONF_CHANGE, encode(cc)) for i, cc in enumerate(changes)])
+        self.log.commit_to(len(changes))
+        self.term = 1
 
     # ---- membership ---------------------------------------------------------------------------
     @property

@@ -25,7 +25,7 @@ from .types import (
 class RawNode:
     def __init__(self, config: Config, persisted: PersistedState | None = None) -> None:
         self.raft = Raft(config, persisted)
-        self._prev_hard = self.raft.hard_state()
+        self._prev_hard = persisted.hard_state if persisted else HardState()  # what the disk has
         self._prev_soft = self.soft_state()
 
     # ---- inputs ------------------------------------------------------------------------------

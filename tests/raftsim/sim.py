@@ -50,6 +50,11 @@ class Faults:
     transfer: float = 0.0
     conf_change: float = 0.0
     crash_new_leader: float = 0.0  # chance a newly elected leader is killed within a few ticks
+    isolate_new_leader: float = 0.0  # chance a newly elected leader is cut off at once
+    # chance that, for a few ticks, a new leader's own-term entries are cut from its appends
+    # while older entries get through (as if it had sent smaller appends and the rest were
+    # lost): the adversary of the Raft paper's figure 8
+    mute_new_leader: float = 0.0
     write: float = 0.5  # client writes per tick (chance)
     read: float = 0.2
 
@@ -89,10 +94,21 @@ class Faults:
             transfer=0.02,
             conf_change=0.0,
             crash_new_leader=rng.choice([0.3, 0.6]),
+            isolate_new_leader=rng.choice([0.0, 0.3]),
+            mute_new_leader=rng.choice([0.0, 0.5]),
             write=rng.choice([0.5, 2.0]),
             read=0.3,
         )
 
+
+# (max bytes per append message, max appends in flight); 1 byte means one entry per message
+FLOW_CONTROL = [
+    dict(max_size_per_msg=1, max_inflight_msgs=64),
+    dict(max_size_per_msg=256, max_inflight_msgs=4),
+    dict(max_size_per_msg=256, max_inflight_msgs=64),
+    dict(max_size_per_msg=1 << 20, max_inflight_msgs=1),
+    dict(max_size_per_msg=1 << 20, max_inflight_msgs=256),
+]
 
 CALM = Faults(write=0.0, read=0.2)  # no new writes: the pending ones must finish
 
@@ -154,6 +170,8 @@ class Simulation:
         self.write_effect: dict[bytes, int] = {}  # write id -> index where it took effect
         self.leaders_seen: set[tuple[int, int]] = set()
         self.doomed: dict[int, int] = {}  # node -> tick at which the nemesis kills it
+        self.muted: dict[int, tuple[int, int]] = {}  # leader -> (its term, muted until tick)
+        self.down_until: dict[int, int] = {}  # crashed node -> earliest tick of its restart
         self.stats = {"writes": 0, "acked": 0, "reads": 0, "crashes": 0, "partitions": 0,
                       "conf_changes": 0, "transfers": 0, "snapshots_sent": 0, "messages": 0}
         for node in self.nodes.values():
@@ -164,8 +182,7 @@ class Simulation:
         d = node.disk
         cfg = Config(id=node.id, voters=node.initial, election_tick=self.election_tick,
                      seed=self.rng.randrange(1 << 30), applied=d.snapshot.meta.index,
-                     max_inflight_msgs=self.rng.choice([1, 4, 64]),
-                     max_size_per_msg=self.rng.choice([256, 1 << 20]), bugs=self.bugs)
+                     bugs=self.bugs, **self.rng.choice(FLOW_CONTROL))
         node.raw = RawNode(cfg, PersistedState(d.hard_state, d.snapshot, list(d.entries)))
         node.sm = _sm_decoder.decode(d.snapshot.data) if d.snapshot.data else StateMachine()
         node.write_set = set(node.sm.writes)
@@ -189,6 +206,7 @@ class Simulation:
     def _send(self, m: Message) -> None:
         self.stats["messages"] += 1
         f = self.faults
+        m = self._mute(m)
         if (m.frm, m.to) in self.blocked or self.rng.random() < f.drop:
             self._report_lost(m)
             return
@@ -196,6 +214,15 @@ class Simulation:
         for _ in range(copies):
             self.seq += 1
             heapq.heappush(self.net, (self.now + self.rng.randint(0, f.max_delay), self.rng.random(), self.seq, m))
+
+    def _mute(self, m: Message) -> Message:
+        mute = self.muted.get(m.frm)
+        if mute is None or m.type != MessageType.APP or m.term != mute[0] or self.now > mute[1]:
+            return m
+        for i, e in enumerate(m.entries):
+            if e.term == m.term:  # the leader's own entries come last: keep what precedes them
+                return msgspec.structs.replace(m, entries=m.entries[:i])
+        return m
 
     def _report_lost(self, m: Message) -> None:
         """A real transport notices a snapshot stream that failed; tell the sender's Raft."""
@@ -231,8 +258,12 @@ class Simulation:
             if key not in self.leaders_seen:
                 self.leaders_seen.add(key)
                 self.checker.on_leader(raw)
-                if self.rng.random() < self.faults.crash_new_leader:
-                    self.doomed[node.id] = self.now + self.rng.randint(0, 6)
+                if self.rng.random() < self.faults.mute_new_leader:
+                    self.muted[node.id] = (raw.raft.term, self.now + self.rng.randint(10, 30))
+                if self.rng.random() < self.faults.isolate_new_leader:
+                    self._isolate(node.id)  # its new entries pile up where nobody sees them
+                elif self.rng.random() < self.faults.crash_new_leader:
+                    self.doomed[node.id] = self.now + self.rng.randint(0, 12)
 
     def _drive(self, node: SimNode) -> None:
         while node.raw is not None and node.in_flight is None and node.raw.has_ready():
@@ -386,13 +417,15 @@ class Simulation:
                 del self.doomed[node_id]
                 if self.nodes[node_id].raw is not None:
                     self._crash(self.nodes[node_id])
+                    # stay down long enough for the others to elect someone else
+                    self.down_until[node_id] = self.now + rng.randint(10, 40)
         live = self.alive()
         if live and rng.random() < f.crash:
             leader = self.leader()
             victim = leader if leader is not None and rng.random() < 0.5 else rng.choice(live)
             self._crash(victim)
         for node in self.nodes.values():
-            if node.raw is None and rng.random() < f.restart:
+            if node.raw is None and self.down_until.get(node.id, 0) <= self.now and rng.random() < f.restart:
                 self._start(node)
                 self._drive(node)
         if rng.random() < f.partition:
@@ -411,8 +444,9 @@ class Simulation:
         kind = rng.choice(["split", "isolate_leader", "one_way", "bridge"])
         self.blocked.clear()
         if kind == "isolate_leader" and self.leader() is not None:
-            side = {self.leader().id}
-        elif kind == "one_way":
+            self._isolate(self.leader().id)
+            return
+        if kind == "one_way":
             for _ in range(rng.randint(1, len(ids))):
                 a, b = rng.sample(ids, 2)
                 self.blocked.add((a, b))
@@ -433,6 +467,12 @@ class Simulation:
             for b in ids:
                 if (a in side) != (b in side):
                     self.blocked.add((a, b))
+
+    def _isolate(self, node_id: int) -> None:
+        self.blocked.clear()
+        for other in self.nodes:
+            if other != node_id:
+                self.blocked.update({(node_id, other), (other, node_id)})
 
     def _transfer(self) -> None:
         leader = self.leader()
@@ -508,6 +548,7 @@ class Simulation:
         # calm: heal everything, restart everyone, and require progress
         self.blocked.clear()
         self.doomed.clear()
+        self.muted.clear()
         for node in self.nodes.values():
             if node.raw is None:
                 self._start(node)
@@ -539,8 +580,8 @@ def run_seed(seed: int, ticks: int = 300, **kw) -> dict:
     sim = Simulation(seed, **kw)
     try:
         return sim.run(ticks)
-    except Violation as v:
-        raise Violation(f"seed {seed} (n={sim.n}, tick {sim.now}): {v}") from None
+    except (Violation, AssertionError) as v:  # the core's own invariant checks count too
+        raise Violation(f"seed {seed} (n={sim.n}, tick {sim.now}): {type(v).__name__}: {v}") from None
 
 
 __all__ = ["Simulation", "Faults", "run_seed", "Violation", "raft_types"]
