@@ -147,7 +147,8 @@ _sm_decoder = msgspec.msgpack.Decoder(StateMachine)
 
 class Simulation:
     def __init__(self, seed: int, nodes: int | None = None, bugs: frozenset[str] = frozenset(),
-                 faults: Faults | None = None, election_tick: int = 10, compact_every: int = 30) -> None:
+                 faults: Faults | None = None, election_tick: int = 10, compact_every: int = 30,
+                 trace: bool = False) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.n = nodes or self.rng.choice([3, 5])
@@ -156,6 +157,7 @@ class Simulation:
         self.election_tick = election_tick
         self.compact_every = compact_every
         self.checker = SafetyChecker()
+        self.trace: int | None = 0 if trace else None  # digest of every message delivered
         self.now = 0
         self.seq = 0
         self.net: list[tuple[int, float, int, Message]] = []
@@ -243,6 +245,8 @@ class Simulation:
                 continue
             if m.type == MessageType.SNAPSHOT:
                 self.stats["snapshots_sent"] += 1
+            if self.trace is not None:
+                self.trace = zlib.crc32(raft_types.encode(m), self.trace)
             node.raw.step(m)
             self._after_input(node)
 
@@ -570,7 +574,7 @@ class Simulation:
                 f"liveness: after {calm_ticks} calm ticks, leader={self.leader() and self.leader().id}, "
                 f"{len(self.pending_writes)} writes still pending (e.g. {stuck})"
             )
-        self.stats.update(ticks=self.now, nodes=len(self.nodes), reads_checked=self.checker.reads_checked,
+        self.stats.update(trace=self.trace, ticks=self.now, nodes=len(self.nodes), reads_checked=self.checker.reads_checked,
                           applied=self.checker.max_applied, terms=len(self.checker.leaders))
         return self.stats
 
