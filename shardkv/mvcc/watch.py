@@ -191,7 +191,10 @@ class WatchHub:
 
     def _prev_kv(self, event: Event, cache: _PrevCache) -> KeyValue | None:
         """The key's value just before the event (etcd reads it at mod_revision - 1; missing if
-        compacted away)."""
+        compacted away). Like etcd, none for a creating put, even when a delete of the same key
+        in the same revision preceded it."""
+        if event.type == EventType.PUT and event.kv.create_revision == event.kv.mod_revision:
+            return None
         at = (event.kv.key, event.kv.mod_revision - 1)
         if at not in cache:
             try:

@@ -247,3 +247,15 @@ def test_compaction_cancels_only_watchers_left_behind(tmp_path):
     c.apply(put(b"after"))
     assert events_of(ahead.take()) == [(EventType.PUT, b"after", 8)]
     c.close()
+
+
+def test_creating_put_has_no_prev_kv_even_after_a_same_revision_delete(c):
+    c.apply(put(b"b", b"old"))
+    w = c.hub.watch(WatchCreateRequest(key=b"b", prev_kv=True))
+    # etcd's duplicate check misses from-key deletes, so one txn can delete and recreate b
+    txn = TxnRequest(success=[RequestOp(request_delete_range=DeleteRangeRequest(key=b"a", range_end=b"\x00")),
+                              RequestOp(request_put=put(b"b", b"new"))])
+    c.apply(txn)
+    deleted, created = [e for r in w.take() for e in r.events]
+    assert (deleted.type, deleted.prev_kv.value) == (EventType.DELETE, b"old")
+    assert (created.type, created.kv.version, created.prev_kv) == (EventType.PUT, 1, None)
