@@ -99,8 +99,18 @@ class RawNode:
             or log.pending_snapshot is not None
             or log.stable < log.last_index()
             or (log.pending_snapshot is None and log.applying < log.committed)
-            or r.hard_state() != self._prev_hard
-            or self.soft_state() != self._prev_soft
+            or self._state_changed()
+        )
+
+    def _state_changed(self) -> bool:
+        # compared field by field: this runs after every input, building Structs would cost
+        r, hard, soft = self.raft, self._prev_hard, self._prev_soft
+        return (
+            r.term != hard.term
+            or r.vote != hard.vote
+            or r.log.committed != hard.commit
+            or r.lead != soft.lead
+            or r.role != soft.role
         )
 
     def ready(self) -> Ready:
