@@ -130,3 +130,6 @@ class Lessor:
 
     def ids(self) -> list[int]:
         return sorted(self._ttl)
+
+    def __contains__(self, lease_id: int) -> bool:
+        return lease_id in self._ttl

@@ -392,13 +392,13 @@ class Store:
         return LeaseKeepAliveResponse(header=self._header(), ID=lease_id, TTL=ttl)
 
     def lease_time_to_live(self, request: LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse:
+        """Remaining and granted TTL (and attached keys, sorted). An unknown lease is not an
+        error: etcd answers with ``TTL == -1``."""
         lid = request.ID
-        resp = LeaseTimeToLiveResponse(
-            header=self._header(),
-            ID=lid,
-            TTL=self.lessor.remaining(lid),
-            grantedTTL=self.lessor.granted_ttl(lid),
-        )
+        resp = LeaseTimeToLiveResponse(header=self._header(), ID=lid, TTL=-1)
+        if lid not in self.lessor:
+            return resp
+        resp.TTL, resp.grantedTTL = self.lessor.remaining(lid), self.lessor.granted_ttl(lid)
         if request.keys:
             with self._env.begin() as txn:
                 resp.keys = _lease_keys(txn, self._dbs, lid)

@@ -33,6 +33,7 @@ from shardkv.mvcc.kv import (
     KeyValue,
     LeaseGrantRequest,
     LeaseRevokeRequest,
+    LeaseTimeToLiveRequest,
     PutRequest,
     PutResponse,
     RangeRequest,
@@ -212,6 +213,25 @@ def test_store_answers_like_etcd(tmp_path_factory, seq):
                                     start_revision=max(store.compact_revision, 1))
         replay = hub_replay(store, create)
         assert etcd_watch_replay(watch, create, replay[-1].kv.mod_revision) == replay
+        assert lease_view_of_etcd(lease) == lease_view_of_store(store)
+
+
+def lease_view_of_etcd(lease) -> tuple:
+    ids = sorted(s.ID for s in lease.LeaseLeases(rpc_pb2.LeaseLeasesRequest(), timeout=30).leases)
+    ttls = []
+    for lid in range(1, 5):
+        r = lease.LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=lid, keys=True), timeout=30)
+        ttls.append((r.ID, r.TTL == -1, r.grantedTTL, sorted(r.keys)))
+    return ids, ttls
+
+
+def lease_view_of_store(store: Store) -> tuple:
+    ids = [s.ID for s in store.lease_leases().leases]
+    ttls = []
+    for lid in range(1, 5):
+        r = store.lease_time_to_live(LeaseTimeToLiveRequest(ID=lid, keys=True))
+        ttls.append((r.ID, r.TTL == -1, r.grantedTTL, r.keys))
+    return ids, ttls
 
 
 def hub_replay(store: Store, create: WatchCreateRequest) -> list[Event]:
