@@ -1,8 +1,104 @@
-"""Command line entry point of shardkv-node."""
-import click
+"""Command line entry point of shardkv-node: an etcd 3.4 member (etcd's flags, see flags.py)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from urllib.parse import urlparse
+
+from shardkv.node import flags
+from shardkv.node.member import Member, MemberConfig, StartupError
+
+log = logging.getLogger("shardkv.node")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
-    """shardkv-node: not built yet (see the project's open issues)."""
-    raise click.ClickException("shardkv-node is not built yet")
+def member_config(s: flags.Settings) -> MemberConfig:
+    heartbeat, election = s.int("heartbeat-interval"), s.int("election-timeout")
+    if election < 5 * heartbeat:
+        raise flags.FlagError(f"--election-timeout[{election}ms] should be at least 5 times "
+                              f"--heartbeat-interval[{heartbeat}ms]")
+    quota = s.int("quota-backend-bytes")
+    return MemberConfig(
+        name=s.get("name"),
+        data_dir=s.data_dir,
+        advertise_client_urls=s.urls("advertise-client-urls"),
+        listen_peer_urls=s.urls("listen-peer-urls"),
+        initial_advertise_peer_urls=s.urls("initial-advertise-peer-urls"),
+        initial_cluster=s.initial_cluster(),
+        token=s.get("initial-cluster-token"),
+        state=s.get("initial-cluster-state"),
+        heartbeat_ms=heartbeat,
+        election_ms=election,
+        snapshot_count=s.int("snapshot-count"),
+        quota_bytes=quota if quota > 0 else 2 * 1024**3,
+        max_request_bytes=s.int("max-request-bytes"),
+        max_txn_ops=s.int("max-txn-ops"),
+    )
+
+
+def grpc_address(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "unix") or not parsed.port:
+        raise flags.FlagError(f"listen client URL {url!r}: want http://host:port "
+                              "(TLS is not implemented yet)")
+    return f"{parsed.hostname}:{parsed.port}"
+
+
+async def serve(settings: flags.Settings) -> int:
+    from shardkv.node.services import build_server
+
+    member = Member(member_config(settings))
+    member.open()
+    server, channels = build_server(member, [grpc_address(u) for u in
+                                             settings.urls("listen-client-urls")])
+    await server.start()
+    await member.start()
+    log.info("serving client traffic insecurely on %s", settings.get("listen-client-urls"))
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(member.stopped.wait())]
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for w in waiters:
+        w.cancel()
+    log.info("received shutdown request; stopping member %x", member.id)
+    crashed = member.stopped.is_set()
+    await member.stop()
+    await server.stop(grace=1)
+    await channels.close()
+    log.info("stopped member %x", member.id)
+    return 1 if crashed else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print("Flags: etcd 3.4's (see `etcd --help`); implemented:",
+              ", ".join("--" + f for f in sorted(flags.IMPLEMENTED)))
+        return
+    try:
+        settings = flags.parse(argv)
+    except flags.FlagError as exc:
+        print(f"shardkv-node: {exc}", file=sys.stderr)
+        sys.exit(2)
+    logging.basicConfig(
+        level=getattr(logging, settings.get("log-level").upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    flags.log_ignored(settings)
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
+        sys.exit(asyncio.run(serve(settings)))
+    except (StartupError, flags.FlagError, OSError) as exc:
+        print(f"shardkv-node: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,721 @@
+"""The member: one Raft group driven from one asyncio loop.
+
+Only the Raft loop task touches the RawNode. Everything else (gRPC handlers, the transport's
+reader, timers) queues work (proposals, reads, received messages, feedback) and wakes it. Each
+turn of the loop: step received messages, tick, hand all queued proposals to Raft as ONE
+``propose_batch`` and all queued linearizable reads to ONE ``read_index``, then work off
+Readys: persist (one LMDB txn + sync, in a thread so heartbeats keep flowing), send, apply the
+committed entries to the store in one batch, answer waiting requests, advance.
+
+Writes on a follower use Raft's own forwarding (MsgProp): the waiting future stays on the
+follower keyed by the request id carried in the entry, and resolves when the follower applies
+that entry. One path for leader and follower, no second RPC hop, and the client's answer comes
+from the member it talks to, after that member applied the write (read-your-writes there).
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from shardkv.api import errors as api_errors
+from shardkv.mvcc import snapshot as mvcc_snapshot
+from shardkv.mvcc.errors import EtcdError as MvccError
+from shardkv.mvcc.kv import (
+    AlarmRequest,
+    CompactionRequest,
+    DeleteRangeRequest,
+    LeaseGrantRequest,
+    LeaseRevokeRequest,
+    PutRequest,
+    RangeRequest,
+    ResponseHeader,
+    TxnRequest,
+)
+from shardkv.mvcc.raftlog import RaftLog
+from shardkv.mvcc.store import Store
+from shardkv.mvcc.watch import WatchHub
+from shardkv.node import membership
+from shardkv.node.membership import MemberRecord, Registry
+from shardkv.node.transport import KIND_MESSAGES, KIND_SNAPSHOT, PeerTransport
+from shardkv.raft import (
+    NONE,
+    Config,
+    ConfChange,
+    ConfChangeType,
+    Entry,
+    EntryType,
+    Message,
+    MessageType,
+    ProposalDropped,
+    RawNode,
+    Ready,
+    Snapshot,
+    SoftState,
+    StateRole,
+)
+from shardkv.raft.types import decode_conf_change, decode_message, decode_messages, encode
+
+log = logging.getLogger("shardkv.member")
+
+SNAPSHOT_CATCHUP_ENTRIES = 5000  # etcd keeps this many entries after a snapshot for slow peers
+LEASE_CHECK_INTERVAL = 0.5
+WATCH_SYNC_INTERVAL = 0.1
+PROGRESS_NOTIFY_INTERVAL = 600.0  # etcd's default watch progress notify interval
+
+
+class Proposal(msgspec.Struct, array_like=True):
+    """A log entry's payload: the client request and the id its waiting future is keyed by."""
+
+    rid: int
+    kind: str
+    body: bytes
+
+
+class ConfContext(msgspec.Struct, array_like=True):
+    """A conf change's context: the request id and the member record it adds."""
+
+    rid: int
+    member: MemberRecord | None = None
+
+
+_KINDS: dict[str, type] = {
+    "range": RangeRequest,
+    "put": PutRequest,
+    "delete_range": DeleteRangeRequest,
+    "txn": TxnRequest,
+    "compaction": CompactionRequest,
+    "lease_grant": LeaseGrantRequest,
+    "lease_revoke": LeaseRevokeRequest,
+    "alarm": AlarmRequest,
+    "member_attr": MemberRecord,
+}
+_KIND_OF = {cls: name for name, cls in _KINDS.items()}
+_DECODERS = {name: msgspec.msgpack.Decoder(cls) for name, cls in _KINDS.items()}
+_decode_proposal = msgspec.msgpack.Decoder(Proposal).decode
+_decode_conf_context = msgspec.msgpack.Decoder(ConfContext).decode
+
+
+@dataclass
+class MemberConfig:
+    name: str
+    data_dir: str
+    advertise_client_urls: list[str]
+    listen_peer_urls: list[str]
+    initial_advertise_peer_urls: list[str]
+    initial_cluster: dict[str, list[str]]
+    token: str = "etcd-cluster"
+    state: str = "new"
+    heartbeat_ms: int = 100
+    election_ms: int = 1000
+    snapshot_count: int = 100000
+    quota_bytes: int = 2 * 1024**3
+    max_request_bytes: int = 1536 * 1024
+    max_txn_ops: int = 128
+
+    @property
+    def request_timeout(self) -> float:
+        """etcd's ReqTimeout: 5 s plus two election timeouts."""
+        return 5.0 + 2 * self.election_ms / 1000
+
+
+class StartupError(Exception):
+    """The data directory or flags do not allow this member to start."""
+
+
+def to_api_error(exc: BaseException) -> api_errors.EtcdError:
+    """An mvcc error (or anything else) as the etcd wire error."""
+    if isinstance(exc, api_errors.EtcdError):
+        return exc
+    return api_errors.from_message(str(exc)) or api_errors.EtcdError(
+        api_errors.grpc.StatusCode.UNKNOWN, str(exc))
+
+
+class Member:
+    def __init__(self, cfg: MemberConfig) -> None:
+        self.cfg = cfg
+        self.dir = Path(cfg.data_dir) / "member"
+        self.id = 0
+        self.registry = Registry()
+        self.store: Store
+        self.hub: WatchHub
+        self.raftlog: RaftLog
+        self.node: RawNode
+        self.transport: PeerTransport
+        self.applied = 0
+        self.published = asyncio.Event()
+        self.stopped = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._applied_event = asyncio.Event()
+        self._rid = itertools.count(secrets.randbits(40) << 20)
+        self._waiters: dict[int, asyncio.Future] = {}
+        self._proposals: list[bytes] = []
+        self._conf_changes: list[tuple[ConfChange, asyncio.Future]] = []
+        self._incoming: list[Message] = []
+        self._feedback: list[Callable[[], None]] = []
+        self._ticks_due = 0
+        self._tick_count = 0
+        self._read_waiters: list[asyncio.Future] = []
+        self._reads_inflight: dict[bytes, tuple[list[asyncio.Future], int]] = {}
+        self._reads_ready: list[tuple[int, list[asyncio.Future]]] = []
+        self._read_seq = itertools.count(1)
+        self._incoming_snapshot: tuple[Path, bytes] | None = None
+        self._snap_index = 0
+        self._revoking: set[int] = set()
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = False
+        self._removed = False
+
+    # ------------------------------------------------------------------ startup
+
+    def open(self) -> None:
+        """Open (or create) the data directory and the Raft node; no I/O with peers yet."""
+        cfg = self.cfg
+        fresh = not (self.dir / "identity").exists()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            self._bootstrap_identity()
+        else:
+            self._check_identity()
+        registry_path = self.dir / "cluster.json"
+        self.registry = membership.load(registry_path) or self._initial_registry()
+        if fresh:
+            membership.save(registry_path, self.registry)
+        quota = cfg.quota_bytes
+        self.store = Store(self.dir / "db", member_id=self.id, quota_bytes=quota,
+                           max_txn_ops=cfg.max_txn_ops, durable=False,
+                           map_size=quota + 1024**3)
+        self.hub = WatchHub(self.store)
+        self.raftlog = RaftLog(self.dir / "wal")
+        state = self.raftlog.load()
+        self._snap_index = state.snapshot.meta.index
+        brand_new = not state.entries and state.snapshot.meta.index == 0 and state.hard_state.term == 0
+        voters: tuple[int, ...] = ()
+        if brand_new and cfg.state == "new":
+            voters = tuple(sorted(self.registry.members))
+        election_tick = max(1, cfg.election_ms // max(1, cfg.heartbeat_ms))
+        self.node = RawNode(Config(id=self.id, voters=voters, election_tick=election_tick,
+                                   heartbeat_tick=1, applied=self.store.consistent_index,
+                                   seed=self.id & 0xFFFFFFFF), state)
+        self.applied = max(self.store.consistent_index, state.snapshot.meta.index)
+        self.transport = PeerTransport(self.id, cfg.listen_peer_urls, self._on_frames)
+        self.transport.cluster_id = self.registry.cluster_id
+        self._connect_peers()
+        log.info("starting member %x in cluster %x (data dir %s, applied index %d)",
+                 self.id, self.registry.cluster_id, cfg.data_dir, self.applied)
+
+    def _bootstrap_identity(self) -> None:
+        cfg = self.cfg
+        if cfg.name not in cfg.initial_cluster:
+            raise StartupError(f"couldn't find local name {cfg.name!r} in the initial cluster "
+                               f"configuration")
+        if sorted(cfg.initial_cluster[cfg.name]) != sorted(cfg.initial_advertise_peer_urls):
+            raise StartupError("--initial-cluster has %s=%s but --initial-advertise-peer-urls is %s"
+                               % (cfg.name, ",".join(cfg.initial_cluster[cfg.name]),
+                                  ",".join(cfg.initial_advertise_peer_urls)))
+        self.id = membership.member_id(cfg.initial_advertise_peer_urls, cfg.token)
+        (self.dir / "identity").write_text(f"{self.id:x} {cfg.name} {cfg.token}\n")
+
+    def _check_identity(self) -> None:
+        text = (self.dir / "identity").read_text().split()
+        self.id = int(text[0], 16)
+        name, token = text[1], text[2]
+        if token != self.cfg.token or name != self.cfg.name:
+            raise StartupError(
+                f"data dir {self.cfg.data_dir} belongs to member {name} ({self.id:x}) of cluster "
+                f"token {token!r}, not {self.cfg.name} of {self.cfg.token!r}; refusing to start")
+
+    def _initial_registry(self) -> Registry:
+        members = {}
+        for name, urls in self.cfg.initial_cluster.items():
+            mid = membership.member_id(urls, self.cfg.token)
+            members[mid] = MemberRecord(id=mid, name=name, peer_urls=list(urls))
+        cid = membership.cluster_id(list(members)) if self.cfg.state == "new" else 0
+        return Registry(cluster_id=cid, members=members)
+
+    def _connect_peers(self) -> None:
+        self.transport.set_peers({m.id: m.peer_urls for m in self.registry.members.values()})
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.transport.start(loop)
+        self._schedule_tick(loop)
+        for coro in (self._raft_loop(), self._lease_loop(), self._watch_loop(), self._publish()):
+            self._tasks.append(asyncio.create_task(coro))
+
+    def _schedule_tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        def tick() -> None:
+            if self._stopping:
+                return
+            self._ticks_due += 1
+            self._wake.set()
+            loop.call_later(self.cfg.heartbeat_ms / 1000, tick)
+        loop.call_later(self.cfg.heartbeat_ms / 1000, tick)
+
+    # ------------------------------------------------------------------ public state
+
+    @property
+    def term(self) -> int:
+        return self.node.raft.term
+
+    @property
+    def leader(self) -> int:
+        return self.node.leader
+
+    @property
+    def is_leader(self) -> bool:
+        return self.node.is_leader
+
+    @property
+    def cluster_id(self) -> int:
+        return self.registry.cluster_id
+
+    def header(self, revision: int | None = None) -> ResponseHeader:
+        rev = self.store.current_revision if revision is None else revision
+        return ResponseHeader(cluster_id=self.cluster_id, member_id=self.id, revision=rev,
+                              raft_term=self.term)
+
+    def applied_changed(self) -> asyncio.Event:
+        """An event set at the next apply (for waiters on the state machine)."""
+        return self._applied_event
+
+    # ------------------------------------------------------------------ client requests
+
+    async def propose(self, request: Any) -> Any:
+        """Replicate ``request`` and return its result once applied here (raise etcd errors)."""
+        rid = next(self._rid)
+        data = encode(Proposal(rid, _KIND_OF[type(request)], encode(request)))
+        if len(data) > self.cfg.max_request_bytes:
+            raise api_errors.ErrRequestTooLarge
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters[rid] = fut
+        self._proposals.append(data)
+        self._wake.set()
+        try:
+            result = await asyncio.wait_for(fut, self.cfg.request_timeout)
+        except asyncio.TimeoutError:
+            raise self._timeout_error() from None
+        finally:
+            self._waiters.pop(rid, None)
+        if isinstance(result, BaseException):
+            raise to_api_error(result)
+        return result
+
+    def _timeout_error(self) -> api_errors.EtcdError:
+        return api_errors.ErrNoLeader if self.leader == NONE else api_errors.ErrTimeout
+
+    async def linearizable_barrier(self) -> None:
+        """Wait until this member has applied everything committed before the call (ReadIndex)."""
+        fut = asyncio.get_running_loop().create_future()
+        self._read_waiters.append(fut)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(fut, self.cfg.request_timeout)
+        except asyncio.TimeoutError:
+            raise self._timeout_error() from None
+
+    async def conf_change(self, kind: int, record: MemberRecord) -> None:
+        """Propose a membership change on the leader and wait until it is applied here."""
+        if not self.is_leader:
+            raise api_errors.ErrNotLeader
+        rid = next(self._rid)
+        cc = ConfChange(kind, record.id, encode(ConfContext(rid, record)))
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters[rid] = fut
+        self._conf_changes.append((cc, fut))
+        self._wake.set()
+        try:
+            result = await asyncio.wait_for(fut, self.cfg.request_timeout)
+        except asyncio.TimeoutError:
+            raise self._timeout_error() from None
+        finally:
+            self._waiters.pop(rid, None)
+        if isinstance(result, BaseException):
+            raise to_api_error(result)
+
+    async def transfer_leadership(self, target: int, timeout: float | None = None) -> bool:
+        """Ask Raft to hand leadership to ``target``; True once it leads."""
+        self._feedback.append(lambda: self.node.transfer_leader(target))
+        self._wake.set()
+        deadline = time.monotonic() + (timeout or self.cfg.election_ms / 1000 * 2)
+        while time.monotonic() < deadline:
+            if self.leader == target:
+                return True
+            await asyncio.sleep(self.cfg.heartbeat_ms / 1000)
+        return self.leader == target
+
+    def progress_of(self, node_id: int) -> int | None:
+        """The leader's view of how far ``node_id``'s log matches (None if unknown)."""
+        pr = self.node.raft.prs.get(node_id)
+        return pr.match if pr is not None and self.is_leader else None
+
+    # ------------------------------------------------------------------ transport input
+
+    def _on_frames(self, cluster_id: int, sender: int, kind: bytes, frames: list[bytes]) -> None:
+        if self.registry.cluster_id == 0 and cluster_id != 0:
+            self._adopt_cluster_id(cluster_id)
+        elif cluster_id != self.registry.cluster_id:
+            log.warning("rejected peer traffic from %x: cluster id %x is not ours (%x)",
+                        sender, cluster_id, self.registry.cluster_id)
+            return
+        if kind == KIND_MESSAGES:
+            self._incoming.extend(decode_messages(frames[0]))
+            self._wake.set()
+        elif kind == KIND_SNAPSHOT:
+            self._tasks.append(asyncio.create_task(self._receive_snapshot(frames)))
+
+    def _adopt_cluster_id(self, cluster_id: int) -> None:
+        """A member that joined an existing cluster learns the cluster id from its peers."""
+        self.registry.cluster_id = cluster_id
+        self.transport.cluster_id = cluster_id
+        membership.save(self.dir / "cluster.json", self.registry)
+        log.info("joined cluster %x", cluster_id)
+
+    async def _receive_snapshot(self, frames: list[bytes]) -> None:
+        msg = decode_message(frames[0])
+        path = self.dir / "snapshot.incoming"
+
+        def write() -> None:
+            with open(path, "wb") as f:
+                for chunk in frames[2:]:
+                    f.write(chunk)
+        await asyncio.get_running_loop().run_in_executor(None, write)
+        self._incoming_snapshot = (path, frames[1])
+        log.info("received database snapshot from %x at index %d", msg.frm, msg.snapshot.meta.index)
+        self._incoming.append(msg)
+        self._wake.set()
+
+    # ------------------------------------------------------------------ the Raft loop
+
+    async def _raft_loop(self) -> None:
+        try:
+            while not self._stopping:
+                await self._wake.wait()
+                self._wake.clear()
+                self.transport.drain()
+                self._feed_raft()
+                while self.node.has_ready() and not self._stopping:
+                    await self._handle_ready(self.node.ready())
+                await self._maybe_snapshot()
+        except Exception:
+            log.exception("raft loop failed; stopping the member")
+            self.stopped.set()
+            raise
+
+    def _feed_raft(self) -> None:
+        node = self.node
+        incoming, self._incoming = self._incoming, []
+        for m in incoming:
+            node.step(m)
+        feedback, self._feedback = self._feedback, []
+        for fn in feedback:
+            fn()
+        for _ in range(self._ticks_due):
+            node.tick()
+            self._tick_count += 1
+        if self._ticks_due:
+            self._retry_stale_reads()
+        self._ticks_due = 0
+        if self._proposals and node.leader != NONE:
+            try:
+                node.propose_batch(self._proposals)
+                self._proposals = []
+            except ProposalDropped:
+                pass  # no usable leader right now: retried next turn until the request times out
+        self._feed_conf_changes()
+        self._feed_reads()
+
+    def _feed_conf_changes(self) -> None:
+        pending, self._conf_changes = self._conf_changes, []
+        for cc, fut in pending:
+            if fut.done():
+                continue
+            try:
+                self.node.propose_conf_change(cc)
+            except ProposalDropped:
+                self._conf_changes.append((cc, fut))  # e.g. a change still pending: retry
+
+    def _feed_reads(self) -> None:
+        waiters = [f for f in self._read_waiters if not f.done()]
+        if not waiters or self.node.leader == NONE:
+            self._read_waiters = waiters
+            return
+        ctx = next(self._read_seq).to_bytes(8, "big")
+        try:
+            self.node.read_index(ctx)
+        except ProposalDropped:
+            self._read_waiters = waiters
+            return
+        self._read_waiters = []
+        self._reads_inflight[ctx] = (waiters, self._tick_count)
+
+    def _retry_stale_reads(self) -> None:
+        """A ReadIndex lost with a leader change never comes back: ask again after an election
+        timeout (the old context, should it arrive, is ignored)."""
+        limit = self.node.raft.cfg.election_tick
+        for ctx, (waiters, issued) in list(self._reads_inflight.items()):
+            if self._tick_count - issued >= limit:
+                del self._reads_inflight[ctx]
+                self._read_waiters.extend(waiters)
+
+    async def _handle_ready(self, rd: Ready) -> None:
+        loop = asyncio.get_running_loop()
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state)
+        if rd.snapshot is not None:
+            self._install_snapshot(rd.snapshot)
+        if rd.must_sync:
+            await loop.run_in_executor(None, self.raftlog.save, rd.hard_state, rd.entries,
+                                       rd.snapshot)
+        self._send(rd.messages)
+        if rd.committed_entries:
+            await self._apply(rd.committed_entries)
+        for rs in rd.read_states:
+            entry = self._reads_inflight.pop(rs.context, None)
+            if entry is not None:
+                self._reads_ready.append((rs.index, entry[0]))
+        self.node.advance(rd)
+        self._release_reads()
+
+    def _release_reads(self) -> None:
+        keep = []
+        for index, waiters in self._reads_ready:
+            if index <= self.applied:
+                for f in waiters:
+                    if not f.done():
+                        f.set_result(None)
+            else:
+                keep.append((index, waiters))
+        self._reads_ready = keep
+
+    def _on_soft_state(self, soft: SoftState) -> None:
+        if soft.role == StateRole.LEADER:
+            log.info("raft.node: %x elected leader %x at term %d", self.id, self.id, self.term)
+            # etcd extends leases by an election timeout so none expires before keep-alives
+            # can reach the new leader.
+            self.store.lessor.promote(self.cfg.election_ms / 1000)
+        else:
+            if self.store.lessor.primary:
+                self.store.lessor.demote()
+            if soft.lead == NONE:
+                log.info("raft.node: %x lost leader at term %d", self.id, self.term)
+            else:
+                log.info("raft.node: %x elected leader %x at term %d", self.id, soft.lead,
+                         self.term)
+
+    def _send(self, messages: list[Message]) -> None:
+        by_peer: dict[int, list[Message]] = defaultdict(list)
+        for m in messages:
+            if m.type == MessageType.SNAPSHOT:
+                self._tasks.append(asyncio.create_task(self._send_snapshot(m)))
+            else:
+                by_peer[m.to].append(m)
+        for to, batch in by_peer.items():
+            if not self.transport.send(to, KIND_MESSAGES, [encode(batch)]):
+                self._feedback.append(lambda to=to: self.node.report_unreachable(to))
+
+    async def _send_snapshot(self, m: Message) -> None:
+        """Ship the whole store out of band with the SNAPSHOT message, then tell Raft."""
+        loop = asyncio.get_running_loop()
+        try:
+            snap = await loop.run_in_executor(None, mvcc_snapshot.StoreSnapshot, self.store)
+            chunks = await loop.run_in_executor(None, lambda: list(snap.chunks()))
+            ok = self.transport.send(m.to, KIND_SNAPSHOT,
+                                     [encode(m), membership.encode(self.registry), *chunks])
+        except Exception:
+            log.exception("sending snapshot to %x failed", m.to)
+            ok = False
+        log.info("sent database snapshot to %x at index %d: %s", m.to, m.snapshot.meta.index,
+                 "ok" if ok else "failed")
+        self._feedback.append(lambda: self.node.report_snapshot(m.to, ok))
+        self._wake.set()
+
+    def _install_snapshot(self, snap: Snapshot) -> None:
+        """Before the log may claim the snapshot, the store must hold it. Done on the loop
+        thread: replacing the LMDB env must not race reads served by this loop."""
+        if self._incoming_snapshot is None:
+            raise RuntimeError(f"raft accepted snapshot {snap.meta.index} without its data")
+        path, registry = self._incoming_snapshot
+        self._incoming_snapshot = None
+        mvcc_snapshot.install(self.store, path)
+        path.unlink(missing_ok=True)
+        self.registry = membership.decode(registry)
+        membership.save(self.dir / "cluster.json", self.registry)
+        self.transport.cluster_id = self.registry.cluster_id
+        self._connect_peers()
+        self.applied = max(self.store.consistent_index, snap.meta.index)
+        self._snap_index = snap.meta.index
+        log.info("applied incoming snapshot at index %d (store applied index %d)",
+                 snap.meta.index, self.store.consistent_index)
+
+    # ------------------------------------------------------------------ apply
+
+    async def _apply(self, entries: list[Entry]) -> None:
+        batch: list[tuple[int, Any]] = []
+        rids: list[int] = []
+        registry_changed = False
+        for e in entries:
+            rid, request, changed = self._decode_entry(e)
+            registry_changed |= changed
+            batch.append((e.index, request))
+            rids.append(rid)
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(None, self.store.apply, batch)
+        self.hub.notify(result.events)
+        if registry_changed:
+            self.registry.applied = entries[-1].index
+            await loop.run_in_executor(None, membership.save, self.dir / "cluster.json",
+                                       self.registry)
+            self._connect_peers()
+        self.applied = max(self.applied, entries[-1].index)
+        for rid, res in zip(rids, result.results):
+            fut = self._waiters.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(res)
+        event, self._applied_event = self._applied_event, asyncio.Event()
+        event.set()
+        if result.propose_alarm is not None and self.is_leader:
+            asyncio.create_task(self._propose_quietly(result.propose_alarm))
+        if self._removed:
+            log.warning("the member has been permanently removed from the cluster; stopping")
+            self.stopped.set()
+
+    def _decode_entry(self, e: Entry) -> tuple[int, Any, bool]:
+        """(request id, request for the store or None, registry changed)."""
+        if e.type == EntryType.CONF_CHANGE:
+            cc = decode_conf_change(e.data)
+            ctx = _decode_conf_context(cc.context) if cc.context else ConfContext(0)
+            changed = e.index > self.registry.applied and self._apply_conf_change(cc, ctx)
+            return ctx.rid, None, changed
+        if not e.data:
+            return 0, None, False
+        p = _decode_proposal(e.data)
+        request = _DECODERS[p.kind].decode(p.body)
+        if p.kind == "member_attr":
+            changed = e.index > self.registry.applied and self._apply_member_attr(request)
+            return p.rid, None, changed
+        return p.rid, request, False
+
+    def _apply_conf_change(self, cc: ConfChange, ctx: ConfContext) -> bool:
+        members = self.registry.members
+        if cc.type == ConfChangeType.REMOVE_NODE:
+            members.pop(cc.node_id, None)
+            self.registry.removed.append(cc.node_id)
+            if cc.node_id == self.id:
+                self._removed = True
+            return True
+        existing = members.get(cc.node_id)
+        record = ctx.member or existing or MemberRecord(id=cc.node_id)
+        if existing is not None and record is not existing:  # MemberUpdate / promote
+            record.name = record.name or existing.name
+            record.client_urls = record.client_urls or existing.client_urls
+        record.is_learner = cc.type == ConfChangeType.ADD_LEARNER
+        members[cc.node_id] = record
+        return True
+
+    def _apply_member_attr(self, attr: MemberRecord) -> bool:
+        record = self.registry.members.get(attr.id)
+        if record is None:
+            return False
+        record.name = attr.name
+        record.client_urls = list(attr.client_urls)
+        return True
+
+    async def _propose_quietly(self, request: Any) -> None:
+        try:
+            await self.propose(request)
+        except api_errors.EtcdError as exc:
+            log.warning("internal proposal %s failed: %s", type(request).__name__, exc)
+
+    async def _maybe_snapshot(self) -> None:
+        """Every --snapshot-count applied entries: compact the Raft log, keeping some entries so
+        slightly slow followers catch up from the log rather than a full snapshot."""
+        count = self.cfg.snapshot_count
+        if self.applied - self._snap_index < count:
+            return
+        keep = min(SNAPSHOT_CATCHUP_ENTRIES, count // 2)
+        index = self.applied - keep
+        if index <= self.node.raft.log.offset:
+            return
+        loop = asyncio.get_running_loop()
+        # The store is lazily synced: make it durable before the log forgets entries.
+        await loop.run_in_executor(None, self.store.sync)
+        snap = self.node.compact(index, b"")
+        await loop.run_in_executor(None, self.raftlog.set_snapshot, snap)
+        await loop.run_in_executor(None, self.raftlog.compact, index)
+        self._snap_index = self.applied
+        log.info("saved snapshot at index %d, compacted raft log", index)
+
+    # ------------------------------------------------------------------ background duties
+
+    async def _publish(self) -> None:
+        """etcd's publish: put this member's name and client URLs into the replicated member
+        list, retrying until it is committed."""
+        attr = MemberRecord(id=self.id, name=self.cfg.name,
+                            client_urls=list(self.cfg.advertise_client_urls))
+        while not self._stopping:
+            try:
+                await self.propose(attr)
+            except api_errors.EtcdError:
+                continue
+            log.info("published local member to cluster (name %s, client URLs %s, cluster %x)",
+                     self.cfg.name, ",".join(attr.client_urls), self.cluster_id)
+            self.published.set()
+            log.info("ready to serve client requests")
+            return
+
+    async def _lease_loop(self) -> None:
+        """The leader revokes expired leases through Raft (keep-alives are leader-local)."""
+        while not self._stopping:
+            await asyncio.sleep(LEASE_CHECK_INTERVAL)
+            if not self.is_leader:
+                continue
+            for lease_id in self.store.lessor.expired():
+                if lease_id not in self._revoking:
+                    self._revoking.add(lease_id)
+                    asyncio.create_task(self._revoke(lease_id))
+
+    async def _revoke(self, lease_id: int) -> None:
+        try:
+            await self._propose_quietly(LeaseRevokeRequest(ID=lease_id))
+        finally:
+            self._revoking.discard(lease_id)
+
+    async def _watch_loop(self) -> None:
+        last_progress = time.monotonic()
+        while not self._stopping:
+            await asyncio.sleep(WATCH_SYNC_INTERVAL)
+            self.hub.sync_unsynced()
+            if time.monotonic() - last_progress >= PROGRESS_NOTIFY_INTERVAL:
+                self.hub.progress()
+                last_progress = time.monotonic()
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def stop(self) -> None:
+        """Hand leadership to the most caught-up voter (if any), then stop everything."""
+        if self.is_leader and len(self.node.raft.conf.voters) > 1:
+            target = max((v for v in self.node.raft.conf.voters if v != self.id),
+                         key=lambda v: self.progress_of(v) or 0)
+            ok = await self.transfer_leadership(target)
+            log.info("leadership transfer to %x before stopping: %s", target,
+                     "done" if ok else "timed out")
+        self._stopping = True
+        self._wake.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.transport.close()
+        self.store.close()
+        self.raftlog.close()
+        self.stopped.set()
+

@@ -1,0 +1,104 @@
+"""etcd's Cluster service. Membership changes are Raft conf changes proposed by the leader;
+a follower forwards them to the leader's client URL."""
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from shardkv.api import errors
+from shardkv.api.etcdserverpb import rpc_pb2 as pb
+from shardkv.api.etcdserverpb import rpc_pb2_grpc
+from shardkv.node import membership
+from shardkv.node.member import Member
+from shardkv.node.membership import MemberRecord
+from shardkv.node.services import convert
+from shardkv.node.services.lease import LeaderChannels
+from shardkv.raft import ConfChangeType
+
+
+def member_pb(r: MemberRecord) -> pb.Member:
+    return pb.Member(ID=r.id, name=r.name, peerURLs=r.peer_urls, clientURLs=r.client_urls,
+                     isLearner=r.is_learner)
+
+
+class ClusterService(rpc_pb2_grpc.ClusterServicer):
+    def __init__(self, member: Member, channels: LeaderChannels) -> None:
+        self.m = member
+        self.channels = channels
+
+    def _members(self) -> list[pb.Member]:
+        return [member_pb(r) for r in sorted(self.m.registry.members.values(), key=lambda r: r.id)]
+
+    def _header(self) -> pb.ResponseHeader:
+        return convert.header(self.m.header())
+
+    async def _forward(self, method: str, request):
+        cluster = rpc_pb2_grpc.ClusterStub(await self.channels.leader_channel())
+        try:
+            return await getattr(cluster, method)(request, timeout=self.m.cfg.request_timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise errors.from_rpc_error(exc) or errors.ErrTimeout from None
+
+    @errors.etcd_errors
+    async def MemberList(self, request: pb.MemberListRequest, context):
+        if getattr(request, "linearizable", False):
+            await self.m.linearizable_barrier()
+        return pb.MemberListResponse(header=self._header(), members=self._members())
+
+    @errors.etcd_errors
+    async def MemberAdd(self, request: pb.MemberAddRequest, context):
+        if not self.m.is_leader:
+            return await self._forward("MemberAdd", request)
+        urls = list(request.peerURLs)
+        if not urls or any("://" not in u for u in urls):
+            raise errors.ErrMemberBadURLs
+        for r in self.m.registry.members.values():
+            if set(r.peer_urls) & set(urls):
+                raise errors.ErrPeerURLExist
+        # etcd mixes the current time in, so a re-added peer URL gets a fresh id
+        new_id = membership.member_id(urls + [str(time.time())], self.m.cfg.token)
+        record = MemberRecord(id=new_id, peer_urls=urls, is_learner=request.isLearner)
+        kind = ConfChangeType.ADD_LEARNER if request.isLearner else ConfChangeType.ADD_NODE
+        await self.m.conf_change(kind, record)
+        return pb.MemberAddResponse(header=self._header(), member=member_pb(record),
+                                    members=self._members())
+
+    @errors.etcd_errors
+    async def MemberRemove(self, request: pb.MemberRemoveRequest, context):
+        if not self.m.is_leader:
+            return await self._forward("MemberRemove", request)
+        record = self.m.registry.members.get(request.ID)
+        if record is None:
+            raise errors.ErrMemberNotFound
+        await self.m.conf_change(ConfChangeType.REMOVE_NODE, record)
+        return pb.MemberRemoveResponse(header=self._header(), members=self._members())
+
+    @errors.etcd_errors
+    async def MemberUpdate(self, request: pb.MemberUpdateRequest, context):
+        if not self.m.is_leader:
+            return await self._forward("MemberUpdate", request)
+        record = self.m.registry.members.get(request.ID)
+        if record is None:
+            raise errors.ErrMemberNotFound
+        updated = MemberRecord(id=record.id, name=record.name, peer_urls=list(request.peerURLs),
+                               client_urls=record.client_urls, is_learner=record.is_learner)
+        kind = ConfChangeType.ADD_LEARNER if record.is_learner else ConfChangeType.ADD_NODE
+        await self.m.conf_change(kind, updated)
+        return pb.MemberUpdateResponse(header=self._header(), members=self._members())
+
+    @errors.etcd_errors
+    async def MemberPromote(self, request: pb.MemberPromoteRequest, context):
+        if not self.m.is_leader:
+            return await self._forward("MemberPromote", request)
+        record = self.m.registry.members.get(request.ID)
+        if record is None:
+            raise errors.ErrMemberNotFound
+        if not record.is_learner:
+            raise errors.ErrMemberNotLearner
+        match = self.m.progress_of(record.id) or 0
+        # etcd: a learner is ready once it has 90% of the leader's log
+        if match < 0.9 * self.m.node.raft.log.last_index():
+            raise errors.ErrMemberLearnerNotReady
+        await self.m.conf_change(ConfChangeType.ADD_NODE, record)
+        return pb.MemberPromoteResponse(header=self._header(), members=self._members())

@@ -1,0 +1,102 @@
+"""etcd's Watch service: one bidirectional stream carries many watches. A reader task turns
+requests into hub calls; the handler itself sends whatever the stream's watchers buffered."""
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from shardkv.api.etcdserverpb import rpc_pb2 as pb
+from shardkv.api.etcdserverpb import rpc_pb2_grpc
+from shardkv.mvcc import kv
+from shardkv.mvcc.watch import Watcher
+from shardkv.node.member import Member
+from shardkv.node.services import convert
+
+PROGRESS_WATCH_ID = -1  # etcd 3.4: a progress response is broadcast to every watch channel
+
+
+class WatchService(rpc_pb2_grpc.WatchServicer):
+    def __init__(self, member: Member) -> None:
+        self.m = member
+
+    async def Watch(self, request_iterator, context: grpc.aio.ServicerContext):
+        stream = _Stream(self.m)
+        reader = asyncio.create_task(stream.read(request_iterator))
+        try:
+            while True:
+                await stream.ready.wait()
+                stream.ready.clear()
+                for resp in stream.drain():
+                    yield resp
+                if reader.done():
+                    return
+        finally:
+            reader.cancel()
+            stream.close()
+
+
+class _Stream:
+    def __init__(self, member: Member) -> None:
+        self.m = member
+        self.ready = asyncio.Event()
+        self.watchers: dict[int, Watcher] = {}
+        self.control: list[pb.WatchResponse] = []
+
+    async def read(self, request_iterator) -> None:
+        try:
+            async for req in request_iterator:
+                self._handle(req)
+        finally:
+            self.ready.set()
+
+    def _handle(self, req: pb.WatchRequest) -> None:
+        which = req.WhichOneof("request_union")
+        if which == "create_request":
+            self._create(req.create_request)
+        elif which == "cancel_request":
+            watch_id = req.cancel_request.watch_id
+            if watch_id in self.watchers:
+                self.m.hub.cancel(watch_id)  # the hub queues the canceled response
+        elif which == "progress_request":
+            self.control.append(pb.WatchResponse(header=convert.header(self.m.header()),
+                                                 watch_id=PROGRESS_WATCH_ID))
+            self.ready.set()
+
+    def _create(self, c: pb.WatchCreateRequest) -> None:
+        create = kv.WatchCreateRequest(key=c.key, range_end=c.range_end,
+                                       start_revision=c.start_revision,
+                                       progress_notify=c.progress_notify,
+                                       filters=list(c.filters), prev_kv=c.prev_kv,
+                                       watch_id=c.watch_id, fragment=c.fragment)
+        try:
+            watcher = self.m.hub.watch(create, on_ready=self.ready.set)
+        except ValueError:
+            # etcd: a create for a watch id in use answers created+canceled
+            self.control.append(pb.WatchResponse(header=convert.header(self.m.header()),
+                                                 watch_id=c.watch_id, created=True,
+                                                 canceled=True,
+                                                 cancel_reason="etcdserver: duplicate watch ID"))
+            self.ready.set()
+            return
+        self.watchers[watcher.id] = watcher
+        self.ready.set()
+
+    def drain(self) -> list[pb.WatchResponse]:
+        out, self.control = self.control, []
+        header = convert.header(self.m.header())
+        for watch_id, watcher in list(self.watchers.items()):
+            for resp in watcher.take():
+                h = pb.ResponseHeader()
+                h.CopyFrom(header)
+                h.revision = resp.header.revision or h.revision
+                out.append(convert.watch_response(resp, h))
+                if resp.canceled:
+                    self.watchers.pop(watch_id, None)
+        self.m.hub.sync_unsynced()  # drained buffers may let unsynced watchers catch up
+        return out
+
+    def close(self) -> None:
+        for watch_id in list(self.watchers):
+            self.m.hub.cancel(watch_id)
+        self.watchers.clear()

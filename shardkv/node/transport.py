@@ -1,0 +1,112 @@
+"""Peer transport over ZeroMQ: one PULL socket bound on this member's peer URL, one PUSH socket
+per peer. A frame carries the sender's cluster id (a member of another cluster is ignored, as
+etcd rejects a mismatched X-Etcd-Cluster-ID), the sender's id, a kind and a payload:
+
+* ``M``: a msgspec-encoded batch of Raft messages (everything for that peer from one Ready);
+* ``S``: a SNAPSHOT message followed by the membership and the store image, streamed as the
+  remaining frames of the same multipart message (the Raft snapshot carries no data).
+
+Sends never block: ZMQ_IMMEDIATE makes a send to a peer without a live connection fail at once,
+which the caller reports to Raft as unreachable.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Callable, Iterable
+from urllib.parse import urlparse
+
+import zmq
+
+log = logging.getLogger("shardkv.transport")
+_U64 = struct.Struct(">Q")
+KIND_MESSAGES = b"M"
+KIND_SNAPSHOT = b"S"
+
+# (cluster id, sender id, kind, remaining frames)
+Handler = Callable[[int, int, bytes, list[bytes]], None]
+
+
+def zmq_endpoint(url: str) -> str:
+    """http://host:port -> tcp://host:port (ZeroMQ binds/connects to plain TCP)."""
+    parsed = urlparse(url)
+    if not parsed.hostname or not parsed.port:
+        raise ValueError(f"peer URL {url!r} needs a host and a port")
+    host = "*" if parsed.hostname in ("0.0.0.0", "::") else parsed.hostname
+    return f"tcp://{host}:{parsed.port}"
+
+
+class PeerTransport:
+    def __init__(self, member_id: int, listen_urls: list[str], handler: Handler) -> None:
+        self.member_id = member_id
+        self.cluster_id = 0
+        self._ctx = zmq.Context.instance()
+        self._handler = handler
+        self._pull = self._ctx.socket(zmq.PULL)
+        self._pull.setsockopt(zmq.LINGER, 0)
+        self._pull.setsockopt(zmq.RCVHWM, 10000)
+        for url in listen_urls:
+            self._pull.bind(zmq_endpoint(url))
+        self._peers: dict[int, zmq.Socket] = {}
+        self._peer_urls: dict[int, tuple[str, ...]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Drain the PULL socket whenever its (edge-triggered) FD signals."""
+        self._loop = loop
+        loop.add_reader(self._pull.getsockopt(zmq.FD), self.drain)
+
+    def drain(self) -> None:
+        """Receive everything waiting, without blocking; called on FD events and each loop turn
+        (ZeroMQ's FD is edge-triggered, so a missed edge must not strand messages)."""
+        while self._pull.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                frames = self._pull.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            if len(frames) < 3:
+                continue
+            cluster_id = _U64.unpack(frames[0])[0]
+            sender = _U64.unpack(frames[1])[0]
+            self._handler(cluster_id, sender, frames[2], frames[3:])
+
+    def set_peers(self, peers: dict[int, Iterable[str]]) -> None:
+        """Connect to every peer (id -> peer URLs), drop sockets of peers no longer listed."""
+        for pid in list(self._peers):
+            if pid not in peers or tuple(peers[pid]) != self._peer_urls.get(pid):
+                self._peers.pop(pid).close(0)
+                self._peer_urls.pop(pid, None)
+        for pid, urls in peers.items():
+            if pid == self.member_id or pid in self._peers or not urls:
+                continue
+            sock = self._ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.setsockopt(zmq.SNDHWM, 1000)
+            sock.setsockopt(zmq.RECONNECT_IVL, 50)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            for url in urls:
+                sock.connect(zmq_endpoint(url))
+            self._peers[pid] = sock
+            self._peer_urls[pid] = tuple(urls)
+
+    def send(self, to: int, kind: bytes, frames: list[bytes]) -> bool:
+        """Queue one multipart message for ``to``; False if it cannot go now."""
+        sock = self._peers.get(to)
+        if sock is None:
+            return False
+        head = [_U64.pack(self.cluster_id), _U64.pack(self.member_id), kind]
+        try:
+            sock.send_multipart(head + frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        return True
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self._pull.getsockopt(zmq.FD))
+        for sock in self._peers.values():
+            sock.close(0)
+        self._peers.clear()
+        self._pull.close(0)
