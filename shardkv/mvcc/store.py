@@ -388,8 +388,14 @@ class Store:
     # ---------------------------------------------------------------- leases (leader-local)
 
     def lease_keep_alive(self, lease_id: int) -> LeaseKeepAliveResponse:
-        ttl = self.lessor.renew(lease_id)
-        return LeaseKeepAliveResponse(header=self._header(), ID=lease_id, TTL=ttl)
+        """Renew on the leader. An unknown or already expired lease answers ``TTL == 0``, as
+        etcd's keep-alive stream does; NotPrimaryError means: forward to the leader."""
+        header = self._header()  # etcd takes the revision before renewing
+        try:
+            ttl = self.lessor.renew(lease_id)
+        except LeaseNotFoundError:
+            ttl = 0
+        return LeaseKeepAliveResponse(header=header, ID=lease_id, TTL=ttl)
 
     def lease_time_to_live(self, request: LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse:
         """Remaining and granted TTL (and attached keys, sorted). An unknown lease is not an

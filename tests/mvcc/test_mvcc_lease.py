@@ -111,8 +111,8 @@ def test_expiry_is_leader_local_and_driven_by_the_clock(node):
     assert lessor.expired(clock.now + 10) == [1]
     assert lessor.expired(clock.now + 12) == [1, 2]
     clock.now += 15
-    with pytest.raises(E.LeaseNotFoundError):
-        node.store.lease_keep_alive(1)  # expired leases cannot be renewed
+    assert node.store.lease_keep_alive(1).TTL == 0  # expired: not renewed (etcd answers TTL 0)
+    assert node.store.lease_keep_alive(99).TTL == 0
     node.apply(LeaseRevokeRequest(ID=1))  # the leader proposes the revoke through Raft
     assert lessor.expired() == [2]  # 1 is gone; 2 ran out too
     lessor.demote()
