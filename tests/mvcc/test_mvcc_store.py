@@ -267,3 +267,15 @@ def test_lazy_meta_sync_mode_keeps_data_and_index_together(tmp_path):
 def test_range_through_the_log_reads_in_order(store):
     got = Applier(store)(put(b"a", b"1"), RangeRequest(key=b"a"), put(b"a", b"2"))
     assert got[1].kvs[0].value == b"1" and got[1].header.revision == 2
+
+
+def test_ignore_value_put_after_same_txn_from_key_delete_fails_whole_txn(store):
+    """etcd 3.4 panics here; the store refuses the txn and writes nothing."""
+    apply = Applier(store)
+    apply(put(b"ab", b"v"))
+    txn = TxnRequest(success=[op_del(b"a", b"\x00"),
+                              RequestOp(request_put=put(b"ab", b"", ignore_value=True))])
+    (resp,) = apply(txn)
+    assert isinstance(resp, E.KeyNotFoundError)
+    assert store.current_revision == 2
+    assert store.range(RangeRequest(key=b"ab")).kvs[0].value == b"v"

@@ -186,6 +186,8 @@ def adapt(req: object, current: int) -> object:
     elif isinstance(req, LeaseGrantRequest):
         req.ID, req.TTL = req.ID or 4, LONG_TTL
     elif isinstance(req, TxnRequest):
+        if _has_from_key_delete(req):
+            _no_ignore_flags(req)
         for cmp in req.compare:
             cmp.create_revision, cmp.mod_revision = near(cmp.create_revision), near(cmp.mod_revision)
         for op in [*req.success, *req.failure]:
@@ -193,6 +195,27 @@ def adapt(req: object, current: int) -> object:
                 if sub is not None:
                     adapt(sub, current)
     return req
+
+
+def _ops(req: TxnRequest) -> list:
+    return [*req.success, *req.failure]
+
+
+def _has_from_key_delete(req: TxnRequest) -> bool:
+    return any((op.request_delete_range is not None and op.request_delete_range.range_end == b"\x00")
+               or (op.request_txn is not None and _has_from_key_delete(op.request_txn))
+               for op in _ops(req))
+
+
+def _no_ignore_flags(req: TxnRequest) -> None:
+    """etcd 3.4 *panics* when a put with ignore_value/ignore_lease follows a from-key delete of
+    its key in the same txn (its duplicate check misses from-key deletes); the store answers
+    "etcdserver: key not found" instead. Keep such txns out of the comparison."""
+    for op in _ops(req):
+        if op.request_put is not None:
+            op.request_put.ignore_value = op.request_put.ignore_lease = False
+        if op.request_txn is not None:
+            _no_ignore_flags(op.request_txn)
 
 
 @settings(max_examples=3, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
