@@ -608,9 +608,9 @@ def _lease_exists(v: _View, lease_id: int) -> bool:
     return v.txn.get(_ID.pack(lease_id), db=v.dbs.lease) is not None
 
 
-def _put(v: _View, p: PutRequest) -> PutResponse:
+def _put(v: _View, p: PutRequest, in_txn: bool = False) -> PutResponse:
     """etcd's Put; the lease and ignore_* checks run first so a failure writes nothing."""
-    _check_put(v, p)
+    _check_put(v, p, in_txn)
     prev = _get(v, p.key) if (p.ignore_value or p.ignore_lease or p.prev_kv) else None
     value = prev.value if p.ignore_value and prev else p.value
     lease = prev.lease if p.ignore_lease and prev else p.lease
@@ -618,11 +618,16 @@ def _put(v: _View, p: PutRequest) -> PutResponse:
     return PutResponse(header=ResponseHeader(revision=v.rev()), prev_kv=prev if p.prev_kv else None)
 
 
-def _check_put(v: _View, p: PutRequest) -> None:
-    if p.lease and not _lease_exists(v, p.lease):
+def _check_put(v: _View, p: PutRequest, in_txn: bool) -> None:
+    """etcd checks a standalone put's lease first, but a txn's puts key-first
+    (applierV3backend.Put vs checkRequestPut); the first failing check names the error."""
+    missing_lease = bool(p.lease) and not _lease_exists(v, p.lease)
+    if missing_lease and not in_txn:
         _fail(LeaseNotFoundError)
     if (p.ignore_value or p.ignore_lease) and _get(v, p.key) is None:
         _fail(KeyNotFoundError)
+    if missing_lease:
+        _fail(LeaseNotFoundError)
 
 
 def _write_put(v: _View, key: bytes, value: bytes, lease: int) -> None:
@@ -742,7 +747,7 @@ def _check_path(
 
 def _check_op_put(v: _View, op: RequestOp) -> None:
     if op.request_put:
-        _check_put(v, op.request_put)
+        _check_put(v, op.request_put, in_txn=True)
 
 
 def _check_op_range(v: _View, op: RequestOp) -> None:
@@ -775,7 +780,7 @@ def _apply_path(v: _View, r: TxnRequest, path: _Path) -> TxnResponse:
         if op.request_range:
             resp.responses.append(ResponseOp(response_range=_range(v, op.request_range)))
         elif op.request_put:
-            resp.responses.append(ResponseOp(response_put=_put(v, op.request_put)))
+            resp.responses.append(ResponseOp(response_put=_put(v, op.request_put, in_txn=True)))
         elif op.request_delete_range:
             d = _delete_range(v, op.request_delete_range)
             resp.responses.append(ResponseOp(response_delete_range=d))

@@ -229,14 +229,22 @@ class Model:
         found = self.live(key, b"", self.cur())
         return found[0] if found else None
 
-    def check_put(self, p: PutRequest) -> None:
+    def check_put(self, p: PutRequest, in_txn: bool) -> None:
+        # etcd: a standalone put checks its lease first, a txn's put its key first.
+        checks = [self.check_lease, self.check_key_exists]
+        for check in reversed(checks) if in_txn else checks:
+            check(p)
+
+    def check_lease(self, p: PutRequest) -> None:
         if p.lease and p.lease not in self.leases:
             raise E.LeaseNotFoundError()
+
+    def check_key_exists(self, p: PutRequest) -> None:
         if (p.ignore_value or p.ignore_lease) and self.get(p.key) is None:
             raise E.KeyNotFoundError()
 
-    def put(self, p: PutRequest) -> PutResponse:
-        self.check_put(p)
+    def put(self, p: PutRequest, in_txn: bool = False) -> PutResponse:
+        self.check_put(p, in_txn)
         prev = self.get(p.key)
         value = prev.value if p.ignore_value else p.value
         lease = prev.lease if p.ignore_lease else p.lease
@@ -281,7 +289,7 @@ class Model:
             if sub is not None:
                 self.walk_checks(sub[1])
             elif op.request_put is not None:
-                self.check_put(op.request_put)
+                self.check_put(op.request_put, in_txn=True)
 
     def walk_range_checks(self, plan: list) -> None:
         for op, sub in plan:
@@ -309,7 +317,7 @@ class Model:
             elif op.request_range is not None:
                 resp.responses.append(ResponseOp(response_range=self.range(op.request_range)))
             elif op.request_put is not None:
-                resp.responses.append(ResponseOp(response_put=self.put(op.request_put)))
+                resp.responses.append(ResponseOp(response_put=self.put(op.request_put, True)))
             else:
                 d = self.delete(op.request_delete_range)
                 resp.responses.append(ResponseOp(response_delete_range=d))
