@@ -7,9 +7,11 @@ Skips when the ``etcd`` binary is absent (apt-get install etcd-server).
 from __future__ import annotations
 
 import copy
+import queue
 import shutil
 import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -150,14 +152,16 @@ def ask_etcd(kv, lease, req: object) -> object:
     return from_pb(resp, response_cls)
 
 
-def ask_store(store: Store, req: object, index: int) -> object:
+def ask_store(store: Store, hub: WatchHub, req: object, index: int) -> object:
     try:
         if isinstance(req, RangeRequest):
             resp = store.range(req)
         elif isinstance(req, TxnRequest) and is_readonly_txn(req):
             resp = store.txn_readonly(req)
         else:
-            resp = store.apply([(index, req)]).results[0]
+            result = store.apply([(index, req)])
+            hub.notify(result.events)
+            resp = result.results[0]
             if isinstance(resp, EtcdError):
                 raise resp
     except EtcdError as err:
@@ -225,12 +229,19 @@ def _no_ignore_flags(req: TxnRequest) -> None:
 def test_store_answers_like_etcd(tmp_path_factory, seq):
     base = tmp_path_factory.mktemp("diff")
     with real_etcd(base / "etcd") as (kv, lease, watch), Store(base / "store") as store:
+        # A live watch on both sides from the start: same events as they happen.
+        everything = WatchCreateRequest(key=b"\x00", range_end=b"\x00", prev_kv=True)
+        hub = WatchHub(store)
+        live_store, live_etcd = [], LiveEtcdWatch(watch, everything)
+        watcher = hub.watch(everything)
         last = PutRequest(key=b"end", value=b"!")  # so the watch replay has a final event
         for step, req in enumerate([*SEED, *seq, last]):
             req = adapt(copy.deepcopy(req), store.current_revision)
             want = ask_etcd(kv, lease, req)
-            got = ask_store(store, req, step + 1)
+            got = ask_store(store, hub, req, step + 1)
             assert got == want, f"step {step}: {req}"
+            live_store += [e for r in watcher.take() for e in r.events]
+        assert live_etcd.events_through(store.current_revision) == live_store
         # Replaying the retained history through a watch gives the same events, prev_kv included.
         create = WatchCreateRequest(key=b"\x00", range_end=b"\x00", prev_kv=True,
                                     start_revision=max(store.compact_revision, 1))
@@ -255,6 +266,34 @@ def lease_view_of_store(store: Store) -> tuple:
         r = store.lease_time_to_live(LeaseTimeToLiveRequest(ID=lid, keys=True))
         ttls.append((r.ID, r.TTL == -1, r.grantedTTL, r.keys))
     return ids, ttls
+
+
+class LiveEtcdWatch:
+    """An etcd watch stream drained by a thread into a queue, so etcd never blocks on us."""
+
+    def __init__(self, watch, create: WatchCreateRequest) -> None:
+        request = rpc_pb2.WatchRequest(create_request=to_pb(create, rpc_pb2.WatchCreateRequest))
+        self._stream = watch.Watch(iter([request]), timeout=300)
+        self._responses: queue.Queue = queue.Queue()
+        next(self._stream)  # the "created" response: the watch exists from here on
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        try:
+            for resp in self._stream:
+                self._responses.put(resp)
+        except grpc.RpcError:
+            pass  # cancelled by events_through
+
+    def events_through(self, revision: int) -> list[Event]:
+        events: list[Event] = []
+        try:
+            while not events or events[-1].kv.mod_revision < revision:
+                resp = self._responses.get(timeout=30)  # bounded wait for the etcd child
+                events += [from_pb(event, Event) for event in resp.events]
+        finally:
+            self._stream.cancel()
+        return events
 
 
 def hub_replay(store: Store, create: WatchCreateRequest) -> list[Event]:
