@@ -1,0 +1,139 @@
+"""Start and stop real shardkv-node processes on free ports, and drive them with etcdctl.
+
+Every wait is bounded; every process started here is killed by ``Cluster.close``.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ETCDCTL = shutil.which("etcdctl")
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct ports the kernel reports free right now."""
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+@dataclass
+class Node:
+    name: str
+    client_port: int
+    peer_port: int
+    data_dir: Path
+    log_path: Path
+    args: list[str]
+    proc: subprocess.Popen | None = None
+
+    @property
+    def client_url(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shardkv.node.cli", *self.args],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+
+    def kill(self, sig: int = signal.SIGKILL, timeout: float = 15) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.proc = None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@dataclass
+class Cluster:
+    nodes: list[Node] = field(default_factory=list)
+
+    @property
+    def endpoints(self) -> str:
+        return ",".join(n.client_url for n in self.nodes)
+
+    def close(self) -> None:
+        for n in self.nodes:
+            n.kill()
+
+
+def make_cluster(base: Path, size: int, extra: list[str] | None = None,
+                 token: str = "test-cluster") -> Cluster:
+    ports = free_ports(2 * size)
+    nodes = []
+    names = [f"n{i}" for i in range(size)]
+    initial = ",".join(f"{nm}=http://127.0.0.1:{ports[2 * i + 1]}" for i, nm in enumerate(names))
+    for i, name in enumerate(names):
+        cp, pp = ports[2 * i], ports[2 * i + 1]
+        data = base / name
+        args = [
+            "--name", name, "--data-dir", str(data),
+            "--listen-client-urls", f"http://127.0.0.1:{cp}",
+            "--advertise-client-urls", f"http://127.0.0.1:{cp}",
+            "--listen-peer-urls", f"http://127.0.0.1:{pp}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{pp}",
+            "--initial-cluster", initial, "--initial-cluster-token", token,
+            "--heartbeat-interval", "50", "--election-timeout", "500",
+            *(extra or []),
+        ]
+        nodes.append(Node(name, cp, pp, data, base / f"{name}.log", args))
+    return Cluster(nodes)
+
+
+def etcdctl(endpoints: str, *args: str, input: str | None = None,
+            timeout: float = 20) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
+    env["ETCDCTL_API"] = "3"
+    return subprocess.run([ETCDCTL, "--endpoints=" + endpoints, "--dial-timeout=2s",
+                           "--command-timeout=10s", *args], input=input, capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+def wait_until(pred, timeout: float = 20, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_ready(cluster: Cluster, timeout: float = 30) -> None:
+    """Every live member answers a linearizable get."""
+    for n in cluster.nodes:
+        if n.alive:
+            wait_until(lambda n=n: etcdctl(n.client_url, "get", "ready-probe").returncode == 0,
+                       timeout, 0.2, f"{n.name} to serve")
