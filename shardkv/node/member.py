@@ -158,7 +158,8 @@ class Member:
         self._applied_event = asyncio.Event()
         self._rid = itertools.count(secrets.randbits(40) << 20)
         self._waiters: dict[int, asyncio.Future] = {}
-        self._proposals: list[bytes] = []
+        self._proposals: list[tuple[int, bytes]] = []  # (request id, entry data)
+        self._leaderless_since: float | None = time.monotonic()
         self._conf_changes: list[tuple[ConfChange, asyncio.Future]] = []
         self._incoming: list[Message] = []
         self._feedback: list[Callable[[], None]] = []
@@ -298,7 +299,7 @@ class Member:
             raise api_errors.ErrRequestTooLarge
         fut = asyncio.get_running_loop().create_future()
         self._waiters[rid] = fut
-        self._proposals.append(data)
+        self._proposals.append((rid, data))
         self._wake.set()
         try:
             result = await asyncio.wait_for(fut, self.cfg.request_timeout)
@@ -427,12 +428,29 @@ class Member:
         self._ticks_due = 0
         if self._proposals and node.leader != NONE:
             try:
-                node.propose_batch(self._proposals)
+                node.propose_batch([data for _, data in self._proposals])
                 self._proposals = []
             except ProposalDropped:
                 pass  # no usable leader right now: retried next turn until the request times out
+        self._fail_if_leaderless()
         self._feed_conf_changes()
         self._feed_reads()
+
+    def _fail_if_leaderless(self) -> None:
+        """Requests queued while no leader is known fail with "no leader" after two election
+        timeouts, rather than waiting out the whole request timeout."""
+        since = self._leaderless_since
+        if since is None or time.monotonic() - since < 2 * self.cfg.election_ms / 1000:
+            return
+        for rid, _ in self._proposals:
+            fut = self._waiters.get(rid)
+            if fut is not None and not fut.done():
+                fut.set_result(api_errors.ErrNoLeader)
+        self._proposals = []
+        for fut in self._read_waiters:
+            if not fut.done():
+                fut.set_exception(api_errors.ErrNoLeader)
+        self._read_waiters = []
 
     def _feed_conf_changes(self) -> None:
         pending, self._conf_changes = self._conf_changes, []
@@ -498,6 +516,10 @@ class Member:
         self._reads_ready = keep
 
     def _on_soft_state(self, soft: SoftState) -> None:
+        if soft.lead == NONE:
+            self._leaderless_since = self._leaderless_since or time.monotonic()
+        else:
+            self._leaderless_since = None
         if soft.role == StateRole.LEADER:
             log.info("raft.node: %x elected leader %x at term %d", self.id, self.id, self.term)
             # etcd extends leases by an election timeout so none expires before keep-alives
@@ -522,6 +544,15 @@ class Member:
         for to, batch in by_peer.items():
             if not self.transport.send(to, KIND_MESSAGES, [encode(batch)]):
                 self._feedback.append(lambda to=to: self.node.report_unreachable(to))
+                self._requeue_forwarded(batch)
+
+    def _requeue_forwarded(self, batch: list[Message]) -> None:
+        """Proposals forwarded to a leader we cannot reach never left this process: queue them
+        again (safe, no duplicate possible) so they go to the next leader."""
+        for m in batch:
+            if m.type == MessageType.PROP:
+                for e in m.entries:
+                    self._proposals.append((_decode_proposal(e.data).rid, e.data))
 
     async def _send_snapshot(self, m: Message) -> None:
         """Ship the whole store out of band with the SNAPSHOT message, then tell Raft."""

@@ -90,6 +90,7 @@ class Cluster:
 
 def make_cluster(base: Path, size: int, extra: list[str] | None = None,
                  token: str = "test-cluster") -> Cluster:
+    base.mkdir(parents=True, exist_ok=True)
     ports = free_ports(2 * size)
     nodes = []
     names = [f"n{i}" for i in range(size)]
