@@ -574,7 +574,9 @@ class Simulation:
                 f"liveness: after {calm_ticks} calm ticks, leader={self.leader() and self.leader().id}, "
                 f"{len(self.pending_writes)} writes still pending (e.g. {stuck})"
             )
-        self.stats.update(trace=self.trace, ticks=self.now, nodes=len(self.nodes), reads_checked=self.checker.reads_checked,
+        if self.trace is not None:
+            self.stats["trace"] = self.trace
+        self.stats.update(ticks=self.now, nodes=len(self.nodes), reads_checked=self.checker.reads_checked,
                           applied=self.checker.max_applied, terms=len(self.checker.leaders))
         return self.stats
 
