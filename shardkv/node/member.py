@@ -46,7 +46,7 @@ from shardkv.mvcc.store import Store
 from shardkv.mvcc.watch import WatchHub
 from shardkv.node import membership
 from shardkv.node.membership import MemberRecord, Registry
-from shardkv.node.transport import KIND_MESSAGES, KIND_SNAPSHOT, PeerTransport
+from shardkv.node.transport import KIND_MESSAGES, KIND_REMOVED, KIND_SNAPSHOT, PeerTransport
 from shardkv.raft import (
     NONE,
     Config,
@@ -153,6 +153,9 @@ class Member:
         self.transport: PeerTransport
         self.applied = 0
         self.published = asyncio.Event()
+        # Held while Store.apply runs in its thread: the lessor's in-memory tables change there,
+        # so code on the loop that iterates them (expiry, keep-alive, lease lists) takes it.
+        self.apply_lock = asyncio.Lock()
         self.stopped = asyncio.Event()
         self._wake = asyncio.Event()
         self._applied_event = asyncio.Event()
@@ -175,6 +178,7 @@ class Member:
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
         self._removed = False
+        self._just_removed: list[int] = []
 
     # ------------------------------------------------------------------ startup
 
@@ -373,6 +377,11 @@ class Member:
             self._wake.set()
         elif kind == KIND_SNAPSHOT:
             self._tasks.append(asyncio.create_task(self._receive_snapshot(frames)))
+        elif kind == KIND_REMOVED:
+            self._removed = True
+            log.warning("the member has been permanently removed from the cluster (told by %x); "
+                        "stopping", sender)
+            self.stopped.set()
 
     def _adopt_cluster_id(self, cluster_id: int) -> None:
         """A member that joined an existing cluster learns the cluster id from its peers."""
@@ -600,12 +609,14 @@ class Member:
             batch.append((e.index, request))
             rids.append(rid)
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(None, self.store.apply, batch)
+        async with self.apply_lock:
+            result = await loop.run_in_executor(None, self.store.apply, batch)
         self.hub.notify(result.events)
         if registry_changed:
             self.registry.applied = entries[-1].index
             await loop.run_in_executor(None, membership.save, self.dir / "cluster.json",
                                        self.registry)
+            self._tell_removed()
             self._connect_peers()
         self.applied = max(self.applied, entries[-1].index)
         for rid, res in zip(rids, result.results):
@@ -643,6 +654,8 @@ class Member:
             self.registry.removed.append(cc.node_id)
             if cc.node_id == self.id:
                 self._removed = True
+            else:
+                self._just_removed.append(cc.node_id)
             return True
         existing = members.get(cc.node_id)
         record = ctx.member or existing or MemberRecord(id=cc.node_id)
@@ -652,6 +665,14 @@ class Member:
         record.is_learner = cc.type == ConfChangeType.ADD_LEARNER
         members[cc.node_id] = record
         return True
+
+    def _tell_removed(self) -> None:
+        """A removed member may never learn its removal from the log (it stops getting
+        appends once the change applies), so every member tells it directly, while the socket
+        to it still exists (etcd's peer handler answers a removed member with 410 Gone)."""
+        for node_id in self._just_removed:
+            self.transport.send(node_id, KIND_REMOVED, [b""])
+        self._just_removed = []
 
     def _apply_member_attr(self, attr: MemberRecord) -> bool:
         record = self.registry.members.get(attr.id)
@@ -710,7 +731,9 @@ class Member:
             await asyncio.sleep(LEASE_CHECK_INTERVAL)
             if not self.is_leader:
                 continue
-            for lease_id in self.store.lessor.expired():
+            async with self.apply_lock:
+                expired = self.store.lessor.expired()
+            for lease_id in expired:
                 if lease_id not in self._revoking:
                     self._revoking.add(lease_id)
                     asyncio.create_task(self._revoke(lease_id))

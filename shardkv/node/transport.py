@@ -4,7 +4,8 @@ etcd rejects a mismatched X-Etcd-Cluster-ID), the sender's id, a kind and a payl
 
 * ``M``: a msgspec-encoded batch of Raft messages (everything for that peer from one Ready);
 * ``S``: a SNAPSHOT message followed by the membership and the store image, streamed as the
-  remaining frames of the same multipart message (the Raft snapshot carries no data).
+  remaining frames of the same multipart message (the Raft snapshot carries no data);
+* ``R``: the receiver has been removed from the cluster.
 
 Sends never block: ZMQ_IMMEDIATE makes a send to a peer without a live connection fail at once,
 which the caller reports to Raft as unreachable.
@@ -23,6 +24,7 @@ log = logging.getLogger("shardkv.transport")
 _U64 = struct.Struct(">Q")
 KIND_MESSAGES = b"M"
 KIND_SNAPSHOT = b"S"
+KIND_REMOVED = b"R"  # "you were removed from the cluster": the receiver shuts down
 
 # (cluster id, sender id, kind, remaining frames)
 Handler = Callable[[int, int, bytes, list[bytes]], None]
@@ -75,7 +77,7 @@ class PeerTransport:
         """Connect to every peer (id -> peer URLs), drop sockets of peers no longer listed."""
         for pid in list(self._peers):
             if pid not in peers or tuple(peers[pid]) != self._peer_urls.get(pid):
-                self._peers.pop(pid).close(0)
+                self._peers.pop(pid).close(linger=1000)  # let a last word (e.g. R) go out
                 self._peer_urls.pop(pid, None)
         for pid, urls in peers.items():
             if pid == self.member_id or pid in self._peers or not urls:

@@ -138,3 +138,23 @@ def wait_ready(cluster: Cluster, timeout: float = 30) -> None:
         if n.alive:
             wait_until(lambda n=n: etcdctl(n.client_url, "get", "ready-probe").returncode == 0,
                        timeout, 0.2, f"{n.name} to serve")
+
+
+def joining_node(cluster: Cluster, base: Path, name: str) -> Node:
+    """A node (not started) for a member to be added to ``cluster`` with etcdctl member add:
+    same flags as the cluster's, --initial-cluster-state existing, itself in --initial-cluster."""
+    cp, pp = free_ports(2)
+    template = cluster.nodes[0]
+    args = list(template.args)
+    value = {a: args[i + 1] for i, a in enumerate(args[:-1]) if a.startswith("--")}
+    value.update({
+        "--name": name, "--data-dir": str(base / name),
+        "--listen-client-urls": f"http://127.0.0.1:{cp}",
+        "--advertise-client-urls": f"http://127.0.0.1:{cp}",
+        "--listen-peer-urls": f"http://127.0.0.1:{pp}",
+        "--initial-advertise-peer-urls": f"http://127.0.0.1:{pp}",
+        "--initial-cluster": value["--initial-cluster"] + f",{name}=http://127.0.0.1:{pp}",
+        "--initial-cluster-state": "existing",
+    })
+    flat = [x for kv in value.items() for x in kv]
+    return Node(name, cp, pp, base / name, base / f"{name}.log", flat)

@@ -2,8 +2,6 @@
 a follower forwards them to the leader's client URL."""
 from __future__ import annotations
 
-import time
-
 import grpc
 
 from shardkv.api import errors
@@ -56,8 +54,11 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         for r in self.m.registry.members.values():
             if set(r.peer_urls) & set(urls):
                 raise errors.ErrPeerURLExist
-        # etcd mixes the current time in, so a re-added peer URL gets a fresh id
-        new_id = membership.member_id(urls + [str(time.time())], self.m.cfg.token)
+        # etcd mixes the current time in and the joiner fetches its id from the cluster; here
+        # the joiner derives it from its own flags, so the id must be deterministic.
+        new_id = membership.member_id(urls, self.m.cfg.token)
+        if new_id in self.m.registry.members:
+            raise errors.ErrMemberExist
         record = MemberRecord(id=new_id, peer_urls=urls, is_learner=request.isLearner)
         kind = ConfChangeType.ADD_LEARNER if request.isLearner else ConfChangeType.ADD_NODE
         await self.m.conf_change(kind, record)

@@ -73,7 +73,8 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         if not self.m.is_leader:
             return await self._forward_keep_alive(lease_id)
         try:
-            resp = self.m.store.lease_keep_alive(lease_id)
+            async with self.m.apply_lock:
+                resp = self.m.store.lease_keep_alive(lease_id)
         except LeaseNotFoundError:
             # etcd answers a keep-alive for an unknown lease with TTL 0, not an error
             return pb.LeaseKeepAliveResponse(header=self._header(), ID=lease_id, TTL=0)
@@ -104,8 +105,9 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
                 raise errors.from_rpc_error(exc) or errors.ErrTimeout from None
         await self.m.linearizable_barrier()
         try:
-            resp = self.m.store.lease_time_to_live(
-                kv.LeaseTimeToLiveRequest(ID=request.ID, keys=request.keys))
+            async with self.m.apply_lock:
+                resp = self.m.store.lease_time_to_live(
+                    kv.LeaseTimeToLiveRequest(ID=request.ID, keys=request.keys))
         except LeaseNotFoundError:
             # etcd 3.4 reports a missing lease as TTL -1 (etcdctl prints "already expired")
             return pb.LeaseTimeToLiveResponse(header=self._header(), ID=request.ID, TTL=-1)
@@ -117,6 +119,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     @errors.etcd_errors
     async def LeaseLeases(self, request: pb.LeaseLeasesRequest, context):
         await self.m.linearizable_barrier()
-        resp = self.m.store.lease_leases()
+        async with self.m.apply_lock:
+            resp = self.m.store.lease_leases()
         return pb.LeaseLeasesResponse(header=self._header(),
                                       leases=[pb.LeaseStatus(ID=s.ID) for s in resp.leases])

@@ -44,8 +44,10 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
 
     @errors.etcd_errors
     async def Defragment(self, request: pb.DefragmentRequest, context):
-        # On the loop thread: swapping the LMDB env must not race reads this loop serves.
-        self.m.store.defragment()
+        # On the loop thread (swapping the LMDB env must not race reads this loop serves) and
+        # between applies (which run in a thread).
+        async with self.m.apply_lock:
+            self.m.store.defragment()
         return pb.DefragmentResponse(header=self._header())
 
     @errors.etcd_errors
