@@ -7,7 +7,7 @@ import signal
 import sys
 from urllib.parse import urlparse
 
-from shardkv.node import flags
+from shardkv.node import compactor, flags
 from shardkv.node.member import Member, MemberConfig, StartupError
 
 log = logging.getLogger("shardkv.node")
@@ -19,6 +19,11 @@ def member_config(s: flags.Settings) -> MemberConfig:
         raise flags.FlagError(f"--election-timeout[{election}ms] should be at least 5 times "
                               f"--heartbeat-interval[{heartbeat}ms]")
     quota = s.int("quota-backend-bytes")
+    mode = s.get("auto-compaction-mode")
+    try:
+        retention = compactor.parse_retention(mode, s.get("auto-compaction-retention"))
+    except ValueError as exc:
+        raise flags.FlagError(str(exc)) from None
     return MemberConfig(
         name=s.get("name"),
         data_dir=s.data_dir,
@@ -34,6 +39,8 @@ def member_config(s: flags.Settings) -> MemberConfig:
         quota_bytes=quota if quota > 0 else 2 * 1024**3,
         max_request_bytes=s.int("max-request-bytes"),
         max_txn_ops=s.int("max-txn-ops"),
+        auto_compaction_mode=mode,
+        auto_compaction_retention=retention,
     )
 
 

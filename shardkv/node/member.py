@@ -44,7 +44,7 @@ from shardkv.mvcc.kv import (
 from shardkv.mvcc.raftlog import RaftLog
 from shardkv.mvcc.store import Store
 from shardkv.mvcc.watch import WatchHub
-from shardkv.node import membership
+from shardkv.node import compactor, membership
 from shardkv.node.membership import MemberRecord, Registry
 from shardkv.node.transport import KIND_MESSAGES, KIND_REMOVED, KIND_SNAPSHOT, PeerTransport
 from shardkv.raft import (
@@ -121,6 +121,8 @@ class MemberConfig:
     quota_bytes: int = 2 * 1024**3
     max_request_bytes: int = 1536 * 1024
     max_txn_ops: int = 128
+    auto_compaction_mode: str = "periodic"
+    auto_compaction_retention: float = 0.0  # seconds (periodic) or revisions; 0 = off
 
     @property
     def request_timeout(self) -> float:
@@ -254,7 +256,10 @@ class Member:
         loop = asyncio.get_running_loop()
         self.transport.start(loop)
         self._schedule_tick(loop)
-        for coro in (self._raft_loop(), self._lease_loop(), self._watch_loop(), self._publish()):
+        compaction = compactor.run(self, self.cfg.auto_compaction_mode,
+                                   self.cfg.auto_compaction_retention)
+        for coro in (self._raft_loop(), self._lease_loop(), self._watch_loop(), self._publish(),
+                     compaction):
             self._tasks.append(asyncio.create_task(coro))
 
     def _schedule_tick(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -85,3 +85,13 @@ def test_data_dir_of_another_cluster_is_refused(cluster_factory):
     import harness
     harness.wait_ready(c)
     assert "ready to serve client requests" in node.log()
+
+
+def test_auto_compaction_retention_like_etcd():
+    from shardkv.node.compactor import parse_retention
+    assert parse_retention("periodic", "1") == 3600
+    assert parse_retention("periodic", "1h30m") == 5400
+    assert parse_retention("periodic", "10s") == 10
+    assert parse_retention("revision", "1000") == 1000
+    with pytest.raises(flags.FlagError, match="auto-compaction-retention"):
+        member_config(flags.parse(["--auto-compaction-retention=soon"], environ={}))
