@@ -7,7 +7,7 @@ import signal
 import sys
 from urllib.parse import urlparse
 
-from shardkv.node import compactor, flags
+from shardkv.node import compactor, flags, metrics
 from shardkv.node.member import Member, MemberConfig, StartupError
 
 log = logging.getLogger("shardkv.node")
@@ -61,6 +61,7 @@ async def serve(settings: flags.Settings) -> int:
                                              settings.urls("listen-client-urls")])
     await server.start()
     await member.start()
+    metrics_servers = await metrics.serve(member, settings.urls("listen-metrics-urls"))
     log.info("serving client traffic insecurely on %s", settings.get("listen-client-urls"))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -74,6 +75,8 @@ async def serve(settings: flags.Settings) -> int:
     crashed = member.stopped.is_set()
     await member.stop()
     await server.stop(grace=1)
+    for ms in metrics_servers:
+        ms.close()
     await channels.close()
     log.info("stopped member %x", member.id)
     return 1 if crashed else 0

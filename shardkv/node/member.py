@@ -286,6 +286,10 @@ class Member:
         return self.node.is_leader
 
     @property
+    def pending_proposals(self) -> int:
+        return len(self._waiters)
+
+    @property
     def cluster_id(self) -> int:
         return self.registry.cluster_id
 

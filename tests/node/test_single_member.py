@@ -122,3 +122,15 @@ def test_periodic_auto_compaction(cluster_factory):
         return p.returncode != 0 and "compacted" in p.stderr
     wait_until(compacted, 20, 0.5, "auto-compaction")
     assert "finished scheduled compaction" in c.nodes[0].log()
+
+
+def test_metrics_and_health_endpoint(cluster_factory):
+    import urllib.request
+    from harness import free_ports
+    port = free_ports(1)[0]
+    c = cluster_factory(1, [f"--listen-metrics-urls=http://127.0.0.1:{port}"])
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert "etcd_server_has_leader 1.0" in body
+    health = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10).read()
+    assert json.loads(health) == {"health": "true"}
+    assert c.nodes[0].alive
