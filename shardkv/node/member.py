@@ -165,6 +165,7 @@ class Member:
         self._waiters: dict[int, asyncio.Future] = {}
         self._proposals: list[tuple[int, bytes]] = []  # (request id, entry data)
         self._leaderless_since: float | None = time.monotonic()
+        self._last_leader = NONE
         self._conf_changes: list[tuple[ConfChange, asyncio.Future]] = []
         self._incoming: list[Message] = []
         self._feedback: list[Callable[[], None]] = []
@@ -538,6 +539,10 @@ class Member:
             self._leaderless_since = self._leaderless_since or time.monotonic()
         else:
             self._leaderless_since = None
+        self._adopt_role(soft)
+        self._last_leader = soft.lead or self._last_leader
+
+    def _adopt_role(self, soft: SoftState) -> None:
         if soft.role == StateRole.LEADER:
             log.info("raft.node: %x elected leader %x at term %d", self.id, self.id, self.term)
             # etcd extends leases by an election timeout so none expires before keep-alives
@@ -547,7 +552,8 @@ class Member:
             if self.store.lessor.primary:
                 self.store.lessor.demote()
             if soft.lead == NONE:
-                log.info("raft.node: %x lost leader at term %d", self.id, self.term)
+                log.info("raft.node: %x lost leader %x at term %d", self.id, self._last_leader,
+                         self.term)
             else:
                 log.info("raft.node: %x elected leader %x at term %d", self.id, soft.lead,
                          self.term)

@@ -49,7 +49,11 @@ class PeerTransport:
         self._pull.setsockopt(zmq.LINGER, 0)
         self._pull.setsockopt(zmq.RCVHWM, 10000)
         for url in listen_urls:
-            self._pull.bind(zmq_endpoint(url))
+            try:
+                self._pull.bind(zmq_endpoint(url))
+            except zmq.ZMQError as exc:
+                self._pull.close(0)
+                raise OSError(f"listen tcp {url}: bind: {exc.strerror.lower()}") from None
         self._peers: dict[int, zmq.Socket] = {}
         self._peer_urls: dict[int, tuple[str, ...]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None

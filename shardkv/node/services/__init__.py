@@ -34,6 +34,10 @@ def build_server(member: Member, listen: list[str]) -> tuple[grpc.aio.Server, Le
     v3lock_pb2_grpc.add_LockServicer_to_server(LockService(member), server)
     v3election_pb2_grpc.add_ElectionServicer_to_server(ElectionService(member), server)
     for address in listen:
-        if server.add_insecure_port(address) == 0:
-            raise OSError(f"cannot listen for clients on {address}")
+        try:
+            bound = server.add_insecure_port(address)
+        except RuntimeError:
+            bound = 0
+        if bound == 0:
+            raise OSError(f"listen tcp {address}: bind: address already in use")
     return server, channels
