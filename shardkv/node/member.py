@@ -425,6 +425,10 @@ class Member:
                 self._feed_raft()
                 while self.node.has_ready() and not self._stopping:
                     await self._handle_ready(self.node.ready())
+                    # Requests that arrived during that Ready's disk work join the next one, so
+                    # its sync persists them while the previous entries get applied.
+                    self.transport.drain()
+                    self._feed_raft()
                 await self._maybe_snapshot()
         except Exception:
             log.exception("raft loop failed; stopping the member")
@@ -510,12 +514,23 @@ class Member:
             self._on_soft_state(rd.soft_state)
         if rd.snapshot is not None:
             self._install_snapshot(rd.snapshot)
-        if rd.must_sync:
-            await loop.run_in_executor(None, self.raftlog.save, rd.hard_state, rd.entries,
-                                       rd.snapshot)
-        self._send(rd.messages)
-        if rd.committed_entries:
-            await self._apply(rd.committed_entries)
+        # Committed entries this member already has on disk are applied while the new entries
+        # are being synced (two LMDB envs, two threads); any committed entry that is still in
+        # this Ready's own write waits for it, so nothing is applied before it is durable here.
+        stable = self.node.raft.log.stable
+        durable = [e for e in rd.committed_entries if e.index <= stable]
+        pending = rd.committed_entries[len(durable):]
+        applying = asyncio.ensure_future(self._apply(durable)) if durable else None
+        try:
+            if rd.must_sync:
+                await loop.run_in_executor(None, self.raftlog.save, rd.hard_state, rd.entries,
+                                           rd.snapshot)
+            self._send(rd.messages)
+        finally:
+            if applying is not None:
+                await applying
+        if pending:
+            await self._apply(pending)
         for rs in rd.read_states:
             entry = self._reads_inflight.pop(rs.context, None)
             if entry is not None:

@@ -7,7 +7,7 @@ from shardkv.api import errors
 from shardkv.api.etcdserverpb import rpc_pb2 as pb
 from shardkv.api.etcdserverpb import rpc_pb2_grpc
 from shardkv.mvcc import kv
-from shardkv.mvcc.snapshot import StoreSnapshot
+from shardkv.mvcc import etcd_db
 from shardkv.node.member import Member, to_api_error
 from shardkv.node.services import convert
 
@@ -67,20 +67,16 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     async def Snapshot(self, request: pb.SnapshotRequest, context):
         """The database image in chunks with a sha256 trailer, as etcd streams its bolt db."""
         loop = asyncio.get_running_loop()
-        snap = await loop.run_in_executor(None, StoreSnapshot, self.m.store)
-        remaining = snap.size
-        chunks = snap.chunks()
+        # etcd's own backend file (bbolt + sha256): `etcdctl snapshot status/restore` read it.
+        chunks = etcd_db.snapshot_chunks(self.m.store)
         try:
             while True:
                 chunk = await loop.run_in_executor(None, next, chunks, None)
                 if chunk is None:
                     return
-                remaining -= len(chunk)
-                yield pb.SnapshotResponse(header=self._header(), remaining_bytes=remaining,
-                                          blob=chunk)
+                yield pb.SnapshotResponse(header=self._header(), remaining_bytes=0, blob=chunk)
         finally:
             chunks.close()
-            snap.discard()
 
     @errors.etcd_errors
     async def MoveLeader(self, request: pb.MoveLeaderRequest, context):
