@@ -39,6 +39,7 @@ class Node:
     log_path: Path
     args: list[str]
     proc: subprocess.Popen | None = None
+    starts: int = 0
 
     @property
     def client_url(self) -> str:
@@ -54,6 +55,7 @@ class Node:
             [sys.executable, "-m", "shardkv.node.cli", *self.args],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
+        self.starts += 1
 
     def kill(self, sig: int = signal.SIGKILL, timeout: float = 15) -> None:
         if self.proc is None:
@@ -133,11 +135,14 @@ def wait_until(pred, timeout: float = 20, interval: float = 0.1, what: str = "co
 
 
 def wait_ready(cluster: Cluster, timeout: float = 30) -> None:
-    """Every live member answers a linearizable get."""
+    """Every live member answers a linearizable get and has published itself (counting the
+    announcements since its latest start)."""
     for n in cluster.nodes:
         if n.alive:
             wait_until(lambda n=n: etcdctl(n.client_url, "get", "ready-probe").returncode == 0,
                        timeout, 0.2, f"{n.name} to serve")
+            wait_until(lambda n=n: n.log().count("ready to serve client requests") >= n.starts,
+                       timeout, 0.1, f"{n.name} to publish itself")
 
 
 def joining_node(cluster: Cluster, base: Path, name: str) -> Node:
