@@ -28,6 +28,7 @@ from typing import Any
 import msgspec
 
 from shardkv.api import errors as api_errors
+from shardkv.mvcc import etcd_import
 from shardkv.mvcc import snapshot as mvcc_snapshot
 from shardkv.mvcc.errors import EtcdError as MvccError
 from shardkv.mvcc.kv import (
@@ -188,6 +189,7 @@ class Member:
     def open(self) -> None:
         """Open (or create) the data directory and the Raft node; no I/O with peers yet."""
         cfg = self.cfg
+        etcd_import.import_restored(self.dir, self.dir / "db")  # after `etcdctl snapshot restore`
         fresh = not (self.dir / "identity").exists()
         self.dir.mkdir(parents=True, exist_ok=True)
         if fresh:
