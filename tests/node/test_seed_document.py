@@ -439,9 +439,24 @@ def test_seed_document_walkthrough(tmp_path):
             n.start()
         harness.wait_ready(cluster)
         got = walkthrough([n.client_url for n in cluster.nodes], tmp_path)
+        backed_up = json.loads(harness.etcdctl(cluster.endpoints, "get", "", "--prefix",
+                                               "-w", "json").stdout)
     finally:
         cluster.close()
     assert got == EXPECTED, "\n" + got
+    # "恢复后，重新启动 ETCD 节点": a member started on the restored data dir serves the backup
+    one = harness.make_cluster(tmp_path / "after-restore", 1)
+    node = one.nodes[0]
+    node.args[node.args.index("--data-dir") + 1] = str(tmp_path / "restored")
+    try:
+        node.start()
+        harness.wait_ready(one)
+        now = json.loads(harness.etcdctl(node.client_url, "get", "", "--prefix",
+                                         "-w", "json").stdout)
+    finally:
+        one.close()
+    assert now["kvs"] == backed_up["kvs"]
+    assert now["header"]["revision"] == backed_up["header"]["revision"] == 15
 
 
 if __name__ == "__main__":  # reference run: python3 tests/node/test_seed_document.py EP1,EP2,EP3
