@@ -165,6 +165,7 @@ class Member:
         self._rid = itertools.count(secrets.randbits(40) << 20)
         self._waiters: dict[int, asyncio.Future] = {}
         self._proposals: list[tuple[int, bytes]] = []  # (request id, entry data)
+        self._unsent: list[tuple[int, bytes]] = []  # forwarded proposals that could not go out
         self._leaderless_since: float | None = time.monotonic()
         self._last_leader = NONE
         self._conf_changes: list[tuple[ConfChange, asyncio.Future]] = []
@@ -428,7 +429,9 @@ class Member:
                 while self.node.has_ready() and not self._stopping:
                     await self._handle_ready(self.node.ready())
                     # Requests that arrived during that Ready's disk work join the next one, so
-                    # its sync persists them while the previous entries get applied.
+                    # its sync persists them while the previous entries get applied. Yield once
+                    # first: a Ready without disk work must not starve the tick timer.
+                    await asyncio.sleep(0)
                     self.transport.drain()
                     self._feed_raft()
                 await self._maybe_snapshot()
@@ -450,6 +453,8 @@ class Member:
             self._tick_count += 1
         if self._ticks_due:
             self._retry_stale_reads()
+            self._proposals.extend(self._unsent)  # retry forwarding once per tick, not in a spin
+            self._unsent = []
         self._ticks_due = 0
         if self._proposals and node.leader != NONE:
             try:
@@ -467,11 +472,11 @@ class Member:
         since = self._leaderless_since
         if since is None or time.monotonic() - since < 2 * self.cfg.election_ms / 1000:
             return
-        for rid, _ in self._proposals:
+        for rid, _ in self._proposals + self._unsent:
             fut = self._waiters.get(rid)
             if fut is not None and not fut.done():
                 fut.set_result(api_errors.ErrNoLeader)
-        self._proposals = []
+        self._proposals, self._unsent = [], []
         for fut in self._read_waiters:
             if not fut.done():
                 fut.set_exception(api_errors.ErrNoLeader)
@@ -589,11 +594,11 @@ class Member:
 
     def _requeue_forwarded(self, batch: list[Message]) -> None:
         """Proposals forwarded to a leader we cannot reach never left this process: queue them
-        again (safe, no duplicate possible) so they go to the next leader."""
+        again (safe, no duplicate possible) for the next tick, by when the leader may change."""
         for m in batch:
             if m.type == MessageType.PROP:
                 for e in m.entries:
-                    self._proposals.append((_decode_proposal(e.data).rid, e.data))
+                    self._unsent.append((_decode_proposal(e.data).rid, e.data))
 
     async def _send_snapshot(self, m: Message) -> None:
         """Ship the whole store out of band with the SNAPSHOT message, then tell Raft."""
