@@ -357,3 +357,18 @@ def test_restart_recovers_exactly_what_was_persisted():
     elect(c)
     c.tick_all(3)
     assert all(c.data_applied(i) == [b"x%d" % k for k in range(5)] for i in c.ids)
+
+
+def test_leader_cut_off_stops_taking_proposals_past_the_uncommitted_limit():
+    c = Cluster(3, max_uncommitted_size=1000, check_quorum=False)
+    leader = elect(c)
+    c.isolate(leader)
+    for _ in range(10):
+        c.node(leader).propose(b"x" * 100)  # 1,000 bytes: up to the limit
+    with pytest.raises(ProposalDropped, match="uncommitted"):
+        c.node(leader).propose(b"y")
+    c.heal()
+    c.tick_all(3)
+    assert c.leader() == leader
+    c.node(leader).propose(b"z" * 100)  # committed entries no longer count
+    c.deliver()

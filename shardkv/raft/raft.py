@@ -54,6 +54,9 @@ class Config:
     max_size_per_msg: int = 1 << 20
     max_inflight_msgs: int = 256
     max_inflight_bytes: int = 0
+    # a leader refuses proposals once this many payload bytes are appended but not committed
+    # (0: no limit), so a leader cut off from its quorum cannot grow its log without bound
+    max_uncommitted_size: int = 0
     applied: int = 0  # on restart: the last index the host's state machine has applied
     seed: int = 0  # seeds the randomized election timeout
     bugs: frozenset[str] = field(default_factory=frozenset)
@@ -132,6 +135,7 @@ class Raft:
         self.read_only = ReadOnly()
         self.pending_read_index: list[Message] = []  # reads waiting for a commit in this term
         self.need_bcast = False  # new entries appended: one broadcast at the next Ready
+        self.uncommitted_size = 0  # leader: payload bytes appended and not yet committed
         if not persisted.entries and persisted.snapshot.meta.index == 0 and hs == HardState():
             self._bootstrap(config)
         # (index, term, conf) for the snapshot's configuration and each conf change in the log
@@ -214,6 +218,7 @@ class Raft:
         self.randomized_election_timeout = self.cfg.election_tick + self.rng.randrange(self.cfg.election_tick)
         self.lead_transferee = NONE
         self.votes = {}
+        self.uncommitted_size = 0
         self.read_only = ReadOnly()
         self.pending_read_index = []
         self.need_bcast = False
@@ -400,6 +405,8 @@ class Raft:
         if self.log.term(index) != self.term and BUG_COMMIT_PREVIOUS_TERM not in self.cfg.bugs:
             return False  # §5.4.2: an old-term entry commits only under a current-term entry
         first_commit_in_term = self.log.term(self.log.committed) != self.term
+        newly = self.log.slice(max(self.log.committed, self.log.offset) + 1, index + 1)
+        self.uncommitted_size = max(0, self.uncommitted_size - sum(len(e.data) for e in newly))
         self.log.commit_to(index)
         if first_commit_in_term and self.log.term(index) == self.term:
             self._release_pending_reads()
@@ -427,6 +434,11 @@ class Raft:
             raise ProposalDropped("this node was removed")
         if entry_type == EntryType.CONF_CHANGE:
             self._check_conf_change(datas)
+        size = sum(len(d) for d in datas)
+        limit = self.cfg.max_uncommitted_size
+        if limit and self.uncommitted_size and self.uncommitted_size + size > limit:
+            raise ProposalDropped("too many uncommitted entries")
+        self.uncommitted_size += size
         last = self.log.last_index()
         self._append([Entry(self.term, last + 1 + i, entry_type, d) for i, d in enumerate(datas)])
 

@@ -104,9 +104,9 @@ class Faults:
 # (max bytes per append message, max appends in flight); 1 byte means one entry per message
 FLOW_CONTROL = [
     dict(max_size_per_msg=1, max_inflight_msgs=64),
-    dict(max_size_per_msg=256, max_inflight_msgs=4),
+    dict(max_size_per_msg=256, max_inflight_msgs=4, max_uncommitted_size=2048),
     dict(max_size_per_msg=256, max_inflight_msgs=64),
-    dict(max_size_per_msg=1 << 20, max_inflight_msgs=1),
+    dict(max_size_per_msg=1 << 20, max_inflight_msgs=1, max_uncommitted_size=512),
     dict(max_size_per_msg=1 << 20, max_inflight_msgs=256),
 ]
 
