@@ -226,6 +226,15 @@ class WatchHub:
                 del self._unsynced[watcher.id]
                 self._add_synced(watcher)
 
+    def restored(self, previous_revision: int) -> None:
+        """The store was replaced under the hub (a Raft snapshot installed): synced watchers
+        have been sent everything up to ``previous_revision`` and now catch up on the new
+        history from there, or are cancelled as compacted (etcd's watchable store restore)."""
+        for watcher in list(self._synced.values()):
+            self._remove_synced(watcher)
+            watcher.next_rev = max(watcher.next_rev, previous_revision + 1)
+            self._unsynced[watcher.id] = watcher
+
     def progress(self, requested_only: bool = True) -> None:
         """Progress notification (an empty response at the current revision) to synced watchers:
         those created with ``progress_notify`` (periodic), or all (``requested_only=False``, for a

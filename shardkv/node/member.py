@@ -623,7 +623,9 @@ class Member:
             raise RuntimeError(f"raft accepted snapshot {snap.meta.index} without its data")
         path, registry = self._incoming_snapshot
         self._incoming_snapshot = None
+        previous_revision = self.store.current_revision
         mvcc_snapshot.install(self.store, path)
+        self.hub.restored(previous_revision)
         path.unlink(missing_ok=True)
         self.registry = membership.decode(registry)
         membership.save(self.dir / "cluster.json", self.registry)
