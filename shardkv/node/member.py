@@ -30,7 +30,6 @@ import msgspec
 from shardkv.api import errors as api_errors
 from shardkv.mvcc import etcd_import
 from shardkv.mvcc import snapshot as mvcc_snapshot
-from shardkv.mvcc.errors import EtcdError as MvccError
 from shardkv.mvcc.kv import (
     AlarmRequest,
     CompactionRequest,
