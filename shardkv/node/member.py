@@ -289,6 +289,12 @@ class Member:
         return self.node.is_leader
 
     @property
+    def leaderless_for(self) -> float:
+        """Seconds since this member last knew a leader (0 while it knows one)."""
+        since = self._leaderless_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    @property
     def pending_proposals(self) -> int:
         return len(self._waiters)
 

@@ -6,12 +6,14 @@ import asyncio
 
 import grpc
 
+from shardkv.api import errors
 from shardkv.api.etcdserverpb import rpc_pb2 as pb
 from shardkv.api.etcdserverpb import rpc_pb2_grpc
 from shardkv.mvcc import kv
 from shardkv.mvcc.watch import Watcher
 from shardkv.node.member import Member
 from shardkv.node.services import convert
+from shardkv.raft import NONE
 
 PROGRESS_WATCH_ID = -1  # etcd 3.4: a progress response is broadcast to every watch channel
 
@@ -21,11 +23,22 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
         self.m = member
 
     async def Watch(self, request_iterator, context: grpc.aio.ServicerContext):
+        require_leader = _requires_leader(context)
+        if require_leader and self.m.leader == NONE:
+            await context.abort(errors.ErrNoLeader.code, errors.ErrNoLeader.message)
         stream = _Stream(self.m)
         reader = asyncio.create_task(stream.read(request_iterator))
+        check_every = self.m.cfg.election_ms / 1000
         try:
             while True:
-                await stream.ready.wait()
+                try:
+                    await asyncio.wait_for(stream.ready.wait(), check_every)
+                except asyncio.TimeoutError:
+                    # etcd's monitorLeader: streams that require a leader end once the member
+                    # has been without one for three election timeouts
+                    if require_leader and self.m.leaderless_for > 3 * check_every:
+                        await context.abort(errors.ErrNoLeader.code, errors.ErrNoLeader.message)
+                    continue
                 stream.ready.clear()
                 for resp in stream.drain():
                     yield resp
@@ -34,6 +47,12 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
         finally:
             reader.cancel()
             stream.close()
+
+
+def _requires_leader(context: grpc.aio.ServicerContext) -> bool:
+    """clientv3.WithRequireLeader (etcdctl watch sets it): metadata hasleader=true."""
+    return any(k == errors.METADATA_REQUIRE_LEADER_KEY and v == errors.METADATA_HAS_LEADER
+               for k, v in context.invocation_metadata() or ())
 
 
 class _Stream:
