@@ -179,7 +179,7 @@ class Member:
         self._incoming_snapshot: tuple[Path, bytes] | None = None
         self._snap_index = 0
         self._revoking: set[int] = set()
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: set[asyncio.Task] = set()  # strong references until each finishes
         self._stopping = False
         self._removed = False
         self._just_removed: list[int] = []
@@ -263,7 +263,12 @@ class Member:
                                    self.cfg.auto_compaction_retention)
         for coro in (self._raft_loop(), self._lease_loop(), self._watch_loop(), self._publish(),
                      compaction):
-            self._tasks.append(asyncio.create_task(coro))
+            self._spawn(coro)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _schedule_tick(self, loop: asyncio.AbstractEventLoop) -> None:
         def tick() -> None:
@@ -394,7 +399,7 @@ class Member:
             self._incoming.extend(decode_messages(frames[0]))
             self._wake.set()
         elif kind == KIND_SNAPSHOT:
-            self._tasks.append(asyncio.create_task(self._receive_snapshot(frames)))
+            self._spawn(self._receive_snapshot(frames))
         elif kind == KIND_REMOVED:
             self._removed = True
             log.warning("the member has been permanently removed from the cluster (told by %x); "
@@ -589,7 +594,7 @@ class Member:
         by_peer: dict[int, list[Message]] = defaultdict(list)
         for m in messages:
             if m.type == MessageType.SNAPSHOT:
-                self._tasks.append(asyncio.create_task(self._send_snapshot(m)))
+                self._spawn(self._send_snapshot(m))
             else:
                 by_peer[m.to].append(m)
         for to, batch in by_peer.items():
@@ -670,7 +675,7 @@ class Member:
         event, self._applied_event = self._applied_event, asyncio.Event()
         event.set()
         if result.propose_alarm is not None and self.is_leader:
-            asyncio.create_task(self._propose_quietly(result.propose_alarm))
+            self._spawn(self._propose_quietly(result.propose_alarm))
         if self._removed:
             log.warning("the member has been permanently removed from the cluster; stopping")
             self.stopped.set()
@@ -780,7 +785,7 @@ class Member:
             for lease_id in expired:
                 if lease_id not in self._revoking:
                     self._revoking.add(lease_id)
-                    asyncio.create_task(self._revoke(lease_id))
+                    self._spawn(self._revoke(lease_id))
 
     async def _revoke(self, lease_id: int) -> None:
         try:
@@ -809,9 +814,10 @@ class Member:
                      "done" if ok else "timed out")
         self._stopping = True
         self._wake.set()
-        for task in self._tasks:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self.transport.close()
         self.store.close()
         self.raftlog.close()
