@@ -50,6 +50,7 @@ class Walk:
         text = text.replace(str(self.work), "<WORK>")
         text = re.sub(r"http://127\.0\.0\.1:\d+", "<URL>", text)
         text = re.sub(r"^Member +", "Member ", text, flags=re.M)  # etcdctl pads ids: %16x
+        text = re.sub(r"(from|to) cluster +", r"\1 cluster ", text)
         return text
 
     def run(self, *args: str, endpoints: str | None = None, input: str | None = None,
@@ -183,7 +184,7 @@ def walkthrough(endpoints: list[str], workdir: Path) -> str:
         time.sleep(0.5)
     new_id = r.stdout.split()[1] if r.returncode == 0 else "?"
     w.names.setdefault(new_id, "<M3>")
-    cid = re.search(r"cluster ([0-9a-f]+)", r.stdout)
+    cid = re.search(r"cluster +([0-9a-f]+)", r.stdout)
     if cid:
         w._name(cid.group(1), "C")
     w.run("member", "list", sort=True)
