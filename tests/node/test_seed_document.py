@@ -108,6 +108,15 @@ def _initial_cluster(line: str) -> str:
     return 'ETCD_INITIAL_CLUSTER="' + ",".join(parts) + '"'
 
 
+def _connected(pid: int) -> bool:
+    import psutil
+    try:
+        return any(c.status == psutil.CONN_ESTABLISHED
+                   for c in psutil.Process(pid).net_connections(kind="tcp"))
+    except psutil.Error:
+        return False
+
+
 def _wait_lines(path: Path, n: int, timeout: float = 15) -> None:
     harness.wait_until(lambda: len(path.read_text().splitlines()) >= n, timeout, 0.05,
                        f"{n} lines in {path.name}")
@@ -140,7 +149,9 @@ def walkthrough(endpoints: list[str], workdir: Path) -> str:
                              start_new_session=True)
         f.close()
         watchers.append((p, out, extra))
-    time.sleep(1.5)  # let both watches be created (etcdctl prints nothing until an event)
+    for p, _, _ in watchers:  # etcdctl prints nothing until an event: wait for its connection
+        harness.wait_until(lambda p=p: _connected(p.pid), 15, 0.05, "etcdctl watch to connect")
+    time.sleep(0.5)  # then for the watch request on it
     w.run("put", "foo", "v1")
     w.run("put", "foobar", "v2")
     w.run("del", "foo")
