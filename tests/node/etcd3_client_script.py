@@ -269,5 +269,63 @@ def _():
     return {"version": status.version, "members": len(members)}
 
 
+@check("put_if_not_exists / get_lease_info / prefix callbacks")
+def _():
+    assert etcd.put_if_not_exists("/pine", "1") is True
+    assert etcd.put_if_not_exists("/pine", "2") is False
+    lease = etcd.lease(40)
+    etcd.put("/pine", "3", lease=lease)
+    info = etcd.get_lease_info(lease.id)
+    assert info.ID == lease.id and info.grantedTTL == 40 and info.keys == [b"/pine"], info
+    q: queue.Queue = queue.Queue()
+    watch_id = etcd.add_watch_prefix_callback("/pcb/", q.put)
+    try:
+        other.put("/pcb/x", "1")
+        event = q.get(timeout=10).events[0]
+    finally:
+        etcd.cancel_watch(watch_id)
+    assert event.key == b"/pcb/x" and event.value == b"1"
+    t = threading.Timer(0.5, lambda: other.put("/pfx/once", "y"))
+    t.start()
+    event = etcd.watch_prefix_once("/pfx/", timeout=10)
+    assert event.key == b"/pfx/once"
+    etcd.revoke_lease(lease.id)
+    assert etcd.get("/pine") == (None, None)
+
+
+@check("maintenance: snapshot, hash, defragment, alarms")
+def _():
+    import hashlib
+    import io
+    buf = io.BytesIO()
+    etcd.snapshot(buf)
+    data = buf.getvalue()
+    body, digest = data[:-32], data[-32:]
+    assert hashlib.sha256(body).digest() == digest  # etcd's stream: bbolt file + sha256
+    assert len(body) % 4096 == 0 and body[16:20] == bytes.fromhex("edda0ced"), body[:32]
+    assert isinstance(etcd.hash(), int)
+    etcd.defragment()
+    assert etcd.get("/doot/a")[0] == b"3"
+    me = etcd.status().leader.id
+    alarms = etcd.create_alarm(member_id=me)
+    assert [(a.member_id, a.alarm_type) for a in alarms] == [(me, 1)], alarms  # NOSPACE
+    assert len(list(etcd.list_alarms())) == 1
+    etcd.disarm_alarm(member_id=me)
+    assert list(etcd.list_alarms()) == []
+    etcd.put("/after/alarm", "ok")
+
+
+@check("members: add, update, remove")
+def _():
+    new = etcd.add_member(["http://127.0.0.1:1"])
+    ids = {m.id for m in etcd.members}
+    assert new.id in ids and len(ids) == len(ENDPOINTS) + 1
+    etcd.update_member(new.id, ["http://127.0.0.1:2"])
+    urls = {m.id: list(m.peer_urls) for m in etcd.members}
+    assert urls[new.id] == ["http://127.0.0.1:2"], urls
+    etcd.remove_member(new.id)
+    assert len(list(etcd.members)) == len(ENDPOINTS)
+
+
 etcd.close()
 other.close()

@@ -1,6 +1,7 @@
 """python-etcd3 (PyPI `etcd3`, the most used Python etcd v3 client) against 3 shardkv members,
 used as its documentation shows: put/get/get_prefix/delete, watch/watch_prefix/
 add_watch_callback/watch_once, leases (lease=, refresh, revoke, TTL expiry), transactions,
+maintenance (snapshot, hash, defragment, alarms), members (add, update, remove)
 and its lock recipe with two clients contending. See etcd3_client_script.py for the checks.
 
 etcd3 0.12.0's generated protobuf modules need protobuf 3.x (this project runs protobuf 7), and
@@ -78,4 +79,4 @@ def test_python_etcd3_client(tmp_path):
     results = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     failed = [f"{x['check']}: {x['detail']}" for x in results if not x["ok"]]
     assert not failed, "\n\n".join(failed)
-    assert len(results) == 14, (r.stdout, r.stderr[-3000:])
+    assert len(results) == 17, (r.stdout, r.stderr[-3000:])
