@@ -11,6 +11,8 @@ a new cluster formed from its flags.
 (``etcd_db.read_etcd_db``) and writes the keyspace, index, leases and revisions into a new Store
 whose applied index is 0 (a new Raft group starts from its own first entry), then moves etcd's
 ``snap``/``wal`` directories aside into ``member/etcd-restored/`` so the data dir is ours.
+A data dir etcd itself ran on is refused (``EtcdDataDirError``): its WAL may hold committed
+entries past the backend, which only etcd can replay; snapshot save + restore migrates it.
 """
 from __future__ import annotations
 
@@ -35,6 +37,10 @@ _ID = struct.Struct(">Q")
 _encode = msgspec.msgpack.Encoder().encode
 
 
+class EtcdDataDirError(OSError):
+    """The data dir holds an etcd backend that `etcdctl snapshot restore` did not write."""
+
+
 @dataclass
 class Imported:
     revision: int  # the store's current revision after the import
@@ -57,9 +63,25 @@ def restored_etcd_db(member_dir: Path | str, store_dir: Path | str) -> Path | No
     return db
 
 
-def import_etcd_db(db_path: Path | str, store_dir: Path | str) -> Imported:
+def written_by_restore(member_dir: Path | str, src: etcd_db.EtcdDb) -> bool:
+    """`etcdctl snapshot restore` leaves a Raft snapshot file whose index is the backend's
+    consistent index (the number of members it bootstrapped) and a WAL with nothing past it.
+    A data dir etcd itself ran on has no such snapshot file (or an older one): its WAL may hold
+    committed entries the backend has not applied yet, which only etcd can replay."""
+    for snap in (Path(member_dir) / "snap").glob("*.snap"):
+        try:
+            index = int(snap.stem.split("-")[1], 16)
+        except (IndexError, ValueError):
+            continue
+        if index == src.consistent_index:
+            return True
+    return False
+
+
+def import_etcd_db(db_path: Path | str, store_dir: Path | str,
+                   src: etcd_db.EtcdDb | None = None) -> Imported:
     """Write the keyspace of etcd backend file ``db_path`` into a new Store at ``store_dir``."""
-    src = etcd_db.read_etcd_db(db_path)
+    src = src or etcd_db.read_etcd_db(db_path)
     size = Path(db_path).stat().st_size
     store = Store(store_dir, map_size=max(INITIAL_MAP_SIZE, 8 * size + (64 << 20)))
     try:
@@ -110,9 +132,16 @@ def import_restored(member_dir: Path | str, store_dir: Path | str) -> Imported |
     db = restored_etcd_db(member_dir, store_dir)
     if db is None:
         return None
+    src = etcd_db.read_etcd_db(db)
+    if not written_by_restore(member_dir, src):
+        raise EtcdDataDirError(
+            f"{member_dir.parent} is the data dir of a member etcd ran (its WAL may hold entries "
+            f"past the backend's consistent index {src.consistent_index}); shardkv imports etcd "
+            "data dirs written by `etcdctl snapshot restore`: take `etcdctl snapshot save` from "
+            "the etcd member and restore that")
     tmp = Path(str(store_dir) + ".importing")
     shutil.rmtree(tmp, ignore_errors=True)
-    info = import_etcd_db(db, tmp)
+    info = import_etcd_db(db, tmp, src)
     aside = member_dir / "etcd-restored"
     aside.mkdir(exist_ok=True)
     for name in ("snap", "wal"):

@@ -5,6 +5,7 @@ same values, versions, create/mod revisions, current and compacted revision, lea
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -93,3 +94,38 @@ def test_snapshot_save_restore_into_a_new_member(tmp_path):
         assert node.log().count("imported etcd backend") == 1
     finally:
         dst.close()
+
+
+def _backup_of_a_store(tmp_path: Path) -> Path:
+    from shardkv.mvcc import etcd_db
+    from shardkv.mvcc.kv import PutRequest
+    from shardkv.mvcc.store import Store
+
+    with Store(tmp_path / "store") as store:
+        store.apply([(1, PutRequest(key=b"a", value=b"1")), (2, PutRequest(key=b"a", value=b"2"))])
+        backup = tmp_path / "store.db"
+        backup.write_bytes(b"".join(etcd_db.snapshot_chunks(store)))
+    return backup
+
+
+def test_data_dir_etcd_ran_on_is_refused(tmp_path):
+    """Only a restored data dir is imported: one etcd ran on may hold WAL entries past its
+    backend (here: the restore's snapshot file no longer matches the backend's index)."""
+    backup = _backup_of_a_store(tmp_path)
+    data = tmp_path / "data"
+    r = harness.etcdctl("http://127.0.0.1:1", "snapshot", "restore", str(backup),
+                        "--data-dir", str(data))
+    assert r.returncode == 0, r.stderr
+    (snap,) = (data / "member" / "snap").glob("*.snap")
+    snap.rename(snap.with_name("0000000000000002-0000000000000063.snap"))
+    cp, pp = harness.free_ports(2)
+    p = subprocess.run(
+        [sys.executable, "-m", "shardkv.node.cli", "--name", "x", "--data-dir", str(data),
+         "--listen-client-urls", f"http://127.0.0.1:{cp}",
+         "--advertise-client-urls", f"http://127.0.0.1:{cp}",
+         "--listen-peer-urls", f"http://127.0.0.1:{pp}",
+         "--initial-advertise-peer-urls", f"http://127.0.0.1:{pp}",
+         "--initial-cluster", f"x=http://127.0.0.1:{pp}"],
+        capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1 and "etcdctl snapshot restore" in p.stderr, p.stderr
+    assert not (data / "member" / "db").exists()
