@@ -5,6 +5,7 @@ same values, versions, create/mod revisions, current and compacted revision, lea
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,22 @@ def state(endpoints: str) -> dict:
             "compacted": compacted.stderr.strip().splitlines()[-1], "leases": leases}
 
 
+def write_history(eps: str) -> str:
+    """Revisions 2-9: overwrites, a compaction at 4, a delete, a leased key, a 2-op txn."""
+    ok(eps, "put", "k1", "v1")                      # rev 2
+    ok(eps, "put", "k1", "v2")                      # rev 3
+    ok(eps, "put", "k2", "x")                       # rev 4
+    ok(eps, "compaction", "4")
+    ok(eps, "put", "k1", "v3")                      # rev 5
+    ok(eps, "del", "k2")                            # rev 6
+    lease = ok(eps, "lease", "grant", "600").split()[1]
+    ok(eps, "put", "k3", "leased", "--lease", lease)  # rev 7
+    ok(eps, "put", "k4", "bin\x01")                 # rev 8
+    r = harness.etcdctl(eps, "txn", input="\nput k5 a\nput k6 b\n\n\n")  # rev 9, 2 subs
+    assert r.returncode == 0, r.stderr
+    return lease
+
+
 def test_snapshot_save_restore_into_a_new_member(tmp_path):
     src = harness.make_cluster(tmp_path / "src", 3)
     try:
@@ -45,17 +62,7 @@ def test_snapshot_save_restore_into_a_new_member(tmp_path):
             n.start()
         harness.wait_ready(src)
         eps = src.endpoints
-        ok(eps, "put", "k1", "v1")                      # rev 2
-        ok(eps, "put", "k1", "v2")                      # rev 3
-        ok(eps, "put", "k2", "x")                       # rev 4
-        ok(eps, "compaction", "4")
-        ok(eps, "put", "k1", "v3")                      # rev 5
-        ok(eps, "del", "k2")                            # rev 6
-        lease = ok(eps, "lease", "grant", "600").split()[1]
-        ok(eps, "put", "k3", "leased", "--lease", lease)  # rev 7
-        ok(eps, "put", "k4", "bin\x01")                 # rev 8
-        r = harness.etcdctl(eps, "txn", input="\nput k5 a\nput k6 b\n\n\n")  # rev 9, 2 subs
-        assert r.returncode == 0, r.stderr
+        lease = write_history(eps)
         before = state(eps)
         backup = tmp_path / "backup.db"
         ok(src.nodes[0].client_url, "snapshot", "save", str(backup))
@@ -129,3 +136,68 @@ def test_data_dir_etcd_ran_on_is_refused(tmp_path):
         capture_output=True, text=True, timeout=30)
     assert p.returncode == 1 and "etcdctl snapshot restore" in p.stderr, p.stderr
     assert not (data / "member" / "db").exists()
+
+
+ETCD = shutil.which("etcd")
+
+
+@pytest.mark.skipif(ETCD is None, reason="real etcd (the reference) not installed")
+def test_backups_cross_between_real_etcd_and_shardkv(tmp_path):
+    """Reference check: the same history written to a real etcd 3.4 member; its backup,
+    restored with etcdctl, is served by shardkv-node exactly as etcd served it; and shardkv's
+    own backup, restored with etcdctl, is served by real etcd exactly as shardkv served it.
+    (Real etcd only produces and consumes the backup files, side by side.)"""
+    cp, pp = harness.free_ports(2)
+
+    def real_etcd(data: Path) -> subprocess.Popen:
+        return subprocess.Popen(
+            [ETCD, "--name", "ref", "--data-dir", str(data),
+             "--listen-client-urls", f"http://127.0.0.1:{cp}",
+             "--advertise-client-urls", f"http://127.0.0.1:{cp}",
+             "--listen-peer-urls", f"http://127.0.0.1:{pp}",
+             "--initial-advertise-peer-urls", f"http://127.0.0.1:{pp}",
+             "--initial-cluster", f"ref=http://127.0.0.1:{pp}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def stop(p: subprocess.Popen) -> None:
+        p.kill()
+        p.wait(timeout=10)
+
+    ref_url = f"http://127.0.0.1:{cp}"
+    e = real_etcd(tmp_path / "etcd")
+    try:
+        harness.wait_until(lambda: harness.etcdctl(ref_url, "get", "x").returncode == 0, 20,
+                           0.1, "real etcd")
+        write_history(ref_url)
+        etcd_state = state(ref_url)
+        ok(ref_url, "snapshot", "save", str(tmp_path / "etcd.db"))
+    finally:
+        stop(e)
+
+    one = harness.make_cluster(tmp_path / "sk", 1)
+    node = one.nodes[0]
+    r = harness.etcdctl(ref_url, "snapshot", "restore", str(tmp_path / "etcd.db"),
+                        "--data-dir", str(node.data_dir), "--name", node.name,
+                        "--initial-cluster", f"{node.name}={node.peer_url}",
+                        "--initial-advertise-peer-urls", node.peer_url)
+    assert r.returncode == 0, r.stderr
+    try:
+        node.start()
+        harness.wait_ready(one)
+        assert state(node.client_url) == etcd_state
+        ok(node.client_url, "snapshot", "save", str(tmp_path / "shardkv.db"))
+    finally:
+        one.close()
+
+    r = harness.etcdctl(ref_url, "snapshot", "restore", str(tmp_path / "shardkv.db"),
+                        "--data-dir", str(tmp_path / "etcd2"), "--name", "ref",
+                        "--initial-cluster", f"ref=http://127.0.0.1:{pp}",
+                        "--initial-advertise-peer-urls", f"http://127.0.0.1:{pp}")
+    assert r.returncode == 0, r.stderr
+    e = real_etcd(tmp_path / "etcd2")
+    try:
+        harness.wait_until(lambda: harness.etcdctl(ref_url, "get", "x").returncode == 0, 20,
+                           0.1, "real etcd on shardkv's backup")
+        assert state(ref_url) == etcd_state
+    finally:
+        stop(e)
