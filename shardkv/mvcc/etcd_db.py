@@ -9,6 +9,7 @@ etcd 3.4's schema in bbolt: bucket ``key`` maps a revision (8-byte big-endian ma
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import struct
 import tempfile
@@ -18,12 +19,14 @@ from pathlib import Path
 
 import msgspec
 
+from shardkv.api.etcdserverpb import rpc_pb2
 from shardkv.api.mvccpb import kv_pb2
 from shardkv.mvcc import bbolt
 from shardkv.mvcc.kv import KeyValue
 from shardkv.mvcc.revision import bytes_to_rev
 
 _U64 = struct.Struct(">Q")
+_ALARM = struct.Struct(">QB")  # the store's alarm key: member id, alarm type
 _decode_kv = msgspec.msgpack.Decoder(KeyValue).decode
 _decode_int = msgspec.msgpack.Decoder(int).decode
 
@@ -61,10 +64,44 @@ def _kv_proto(kv: KeyValue) -> bytes:
     ).SerializeToString()
 
 
-def write_store_as_etcd_db(store, path: Path | str) -> int:
-    """Write a consistent copy of ``store`` (one LMDB read transaction) as etcd's bbolt file."""
+def _member_json(m) -> bytes:
+    """etcd 3.4's membership.Member as it stores it in the ``members`` bucket."""
+    out = {"id": m.id, "peerURLs": list(m.peer_urls)}
+    if getattr(m, "is_learner", False):
+        out["isLearner"] = True
+    if getattr(m, "name", ""):
+        out["name"] = m.name
+    if getattr(m, "client_urls", None):
+        out["clientURLs"] = list(m.client_urls)
+    return json.dumps(out, separators=(",", ":")).encode()
+
+
+def _cluster_buckets(cluster) -> dict[bytes, list[tuple[bytes, bytes]]]:
+    """The buckets etcd 3.4 keeps beside the keyspace, so a backup holds what etcd's holds
+    (`etcdctl snapshot status` counts their keys; `snapshot restore` rewrites the member ones).
+    ``cluster``: anything with ``members`` ({id: record with id, name, peer_urls,
+    client_urls, is_learner}) and ``removed`` (ids), e.g. the node's member registry."""
+    buckets: dict[bytes, list[tuple[bytes, bytes]]] = {
+        b"auth": [(b"authRevision", _U64.pack(1))], b"authRoles": [], b"authUsers": [],
+        b"cluster": [(b"clusterVersion", b"3.4.0")], b"members": [], b"members_removed": [],
+    }
+    if cluster is not None:
+        buckets[b"members"] = sorted((f"{m.id:x}".encode(), _member_json(m))
+                                     for m in cluster.members.values())
+        buckets[b"members_removed"] = sorted((f"{mid:x}".encode(), b"removed")
+                                             for mid in set(cluster.removed))
+    return buckets
+
+
+def write_store_as_etcd_db(store, path: Path | str, cluster=None, cluster_buckets=None) -> int:
+    """Write a consistent copy of ``store`` (one LMDB read transaction) as etcd's bbolt file,
+    with etcd's cluster buckets (members from ``cluster``, see ``_cluster_buckets``)."""
     env, dbs = store._env, store._dbs  # same package: reads the LMDB layout directly
     with env.begin() as txn:
+        alarms = sorted(
+            (rpc_pb2.AlarmMember(memberID=member, alarm=kind).SerializeToString(), b"")
+            for member, kind in (_ALARM.unpack(k) for k in
+                                 txn.cursor(db=dbs.alarm).iternext(values=False)))
         keys = []
         for raw_rev, raw_kv in txn.cursor(db=dbs.key):
             main, sub, tombstone = bytes_to_rev(raw_rev)
@@ -77,15 +114,22 @@ def write_store_as_etcd_db(store, path: Path | str) -> int:
                 (b"finishedCompactRev", etcd_revision(compact, 0)),
                 (b"scheduledCompactRev", etcd_revision(compact, 0)),
             ]
-    return bbolt.write_db(path, {b"key": keys, b"lease": leases, b"meta": sorted(meta)})
+    return bbolt.write_db(path, {b"key": keys, b"lease": leases, b"meta": sorted(meta),
+                                 b"alarm": alarms,
+                                 **(cluster_buckets or _cluster_buckets(cluster))})
 
 
-def snapshot_chunks(store, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-    """etcd's Maintenance.Snapshot stream: the bbolt file, then its sha256 (32 bytes)."""
+def snapshot_chunks(store, chunk_size: int = 1 << 20, cluster=None) -> Iterator[bytes]:
+    """etcd's Maintenance.Snapshot stream: the bbolt file, then its sha256 (32 bytes).
+    ``cluster`` (see ``_cluster_buckets``) is read at once, in the caller's thread."""
+    return _stream(store, chunk_size, _cluster_buckets(cluster))
+
+
+def _stream(store, chunk_size: int, cluster_buckets) -> Iterator[bytes]:
     fd, name = tempfile.mkstemp(prefix="shardkv-snapshot-", suffix=".db")
     os.close(fd)
     try:
-        write_store_as_etcd_db(store, name)
+        write_store_as_etcd_db(store, name, cluster_buckets=cluster_buckets)
         digest = hashlib.sha256()
         with open(name, "rb") as f:
             while chunk := f.read(chunk_size):

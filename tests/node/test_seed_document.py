@@ -231,13 +231,14 @@ def walkthrough(endpoints: list[str], workdir: Path) -> str:
 
 
 def _status_shape(line: str) -> str:
-    """snapshot status -w json: keep the revision (hash, size and the bbolt key count,
-    which counts etcd's member buckets too, vary)."""
+    """snapshot status -w json: keep the revision and the key count over all of etcd's
+    buckets (keyspace, leases, meta, members, removed members, cluster version, auth); the
+    hash and size depend on the bbolt page layout."""
     try:
         st = json.loads(line)
     except ValueError:
         return line
-    return f"status: revision={st['revision']}"
+    return f"status: revision={st['revision']} totalKey={st['totalKey']}"
 
 
 # What three real etcd 3.4.23 members printed for this walk (see the module docstring).
@@ -436,7 +437,7 @@ $ etcdctl snapshot save <WORK>/backup.db
 Snapshot saved at <WORK>/backup.db
 [rc=0]
 $ etcdctl snapshot status <WORK>/backup.db -w json
-status: revision=15
+status: revision=15 totalKey=22
 [rc=0]
 $ etcdctl snapshot restore <WORK>/backup.db --data-dir <WORK>/restored
 [rc=0]

@@ -68,7 +68,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         """The database image in chunks with a sha256 trailer, as etcd streams its bolt db."""
         loop = asyncio.get_running_loop()
         # etcd's own backend file (bbolt + sha256): `etcdctl snapshot status/restore` read it.
-        chunks = etcd_db.snapshot_chunks(self.m.store)
+        chunks = etcd_db.snapshot_chunks(self.m.store, cluster=self.m.registry)
         try:
             while True:
                 chunk = await loop.run_in_executor(None, next, chunks, None)
