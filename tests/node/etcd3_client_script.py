@@ -170,9 +170,11 @@ def _():
 
 @check("watch_once")
 def _():
-    t = threading.Timer(0.5, lambda: other.put("/once", "x"))
+    # from the next revision on, so the put may land before or after the watch is created
+    start = etcd.get_response("/once").header.revision + 1
+    t = threading.Timer(0.3, lambda: other.put("/once", "x"))
     t.start()
-    event = etcd.watch_once("/once", timeout=10)
+    event = etcd.watch_once("/once", timeout=10, start_revision=start)
     assert event.value == b"x", event
 
 
@@ -285,9 +287,10 @@ def _():
     finally:
         etcd.cancel_watch(watch_id)
     assert event.key == b"/pcb/x" and event.value == b"1"
-    t = threading.Timer(0.5, lambda: other.put("/pfx/once", "y"))
+    start = etcd.get_response("/pfx/once").header.revision + 1
+    t = threading.Timer(0.3, lambda: other.put("/pfx/once", "y"))
     t.start()
-    event = etcd.watch_prefix_once("/pfx/", timeout=10)
+    event = etcd.watch_prefix_once("/pfx/", timeout=10, start_revision=start)
     assert event.key == b"/pfx/once"
     etcd.revoke_lease(lease.id)
     assert etcd.get("/pine") == (None, None)
