@@ -127,8 +127,15 @@ def import_etcd_db(db_path: Path | str, store_dir: Path | str,
 
 def import_restored(member_dir: Path | str, store_dir: Path | str) -> Imported | None:
     """If ``member_dir`` holds a restored etcd backend and no shardkv state: import it into
-    ``store_dir`` and move etcd's snap/wal directories aside. Returns what was imported."""
-    member_dir = Path(member_dir)
+    ``store_dir`` and move etcd's snap/wal directories aside. Returns what was imported.
+
+    Crash-safe in this order: the store is built beside ``store_dir`` and renamed into place,
+    and only then are etcd's files moved aside (a start that finds both finishes the move)."""
+    member_dir, store_dir = Path(member_dir), Path(store_dir)
+    if (member_dir / "snap" / "db").is_file() and (store_dir / "data.mdb").exists() \
+            and not (member_dir / "identity").exists():
+        _move_etcd_files_aside(member_dir)  # a previous import stopped right before this
+        return None
     db = restored_etcd_db(member_dir, store_dir)
     if db is None:
         return None
@@ -142,14 +149,29 @@ def import_restored(member_dir: Path | str, store_dir: Path | str) -> Imported |
     tmp = Path(str(store_dir) + ".importing")
     shutil.rmtree(tmp, ignore_errors=True)
     info = import_etcd_db(db, tmp, src)
-    aside = member_dir / "etcd-restored"
-    aside.mkdir(exist_ok=True)
-    for name in ("snap", "wal"):
-        if (member_dir / name).exists():
-            os.replace(member_dir / name, aside / name)
-    shutil.rmtree(store_dir, ignore_errors=True)
+    shutil.rmtree(store_dir, ignore_errors=True)  # no data.mdb in it (checked above)
     os.replace(tmp, store_dir)
+    _fsync_dir(store_dir.parent)
+    _move_etcd_files_aside(member_dir)
     log.info("imported etcd backend %s: revision %d, compacted at %d, %d keys (%d revisions), "
              "%d leases", db, info.revision, info.compact_revision, info.keys, info.revisions,
              info.leases)
     return info
+
+
+def _move_etcd_files_aside(member_dir: Path) -> None:
+    aside = member_dir / "etcd-restored"
+    aside.mkdir(exist_ok=True)
+    for name in ("snap", "wal"):
+        if (member_dir / name).exists():
+            shutil.rmtree(aside / name, ignore_errors=True)
+            os.replace(member_dir / name, aside / name)
+    _fsync_dir(member_dir)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
