@@ -259,6 +259,16 @@ def _():
         assert again.is_acquired()
 
 
+@check("lock: released by its lease's expiry when the holder goes away")
+def _():
+    holder = etcd.lock("expiring", ttl=2)
+    assert holder.acquire(timeout=5)
+    waiter = other.lock("expiring", ttl=10)
+    assert waiter.acquire(timeout=20)  # the holder never refreshes nor releases
+    assert not holder.is_acquired()
+    assert waiter.release()
+
+
 @check("status / members / compact")
 def _():
     status = etcd.status()

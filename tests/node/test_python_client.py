@@ -79,4 +79,4 @@ def test_python_etcd3_client(tmp_path):
     results = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     failed = [f"{x['check']}: {x['detail']}" for x in results if not x["ok"]]
     assert not failed, "\n\n".join(failed)
-    assert len(results) == 17, (r.stdout, r.stderr[-3000:])
+    assert len(results) == 18, (r.stdout, r.stderr[-3000:])
