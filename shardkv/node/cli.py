@@ -9,6 +9,7 @@ from urllib.parse import urlparse
 
 from shardkv.node import compactor, flags, metrics
 from shardkv.node.member import Member, MemberConfig, StartupError
+from shardkv.node.services.maintenance import VERSION
 
 log = logging.getLogger("shardkv.node")
 
@@ -84,6 +85,9 @@ async def serve(settings: flags.Settings) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-version", "--version"):
+        print(f"shardkv-node, etcd API Version: {VERSION}")
+        return
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         print("Flags: etcd 3.4's (see `etcd --help`); implemented:",

@@ -59,6 +59,7 @@ IGNORED = {
     "experimental-enable-v2v3", "experimental-enable-lease-checkpoint",
     "experimental-compaction-batch-limit", "experimental-peer-skip-client-san-verification",
     "experimental-watch-progress-notify-interval", "experimental-backend-bbolt-freelist-type",
+    "experimental-warning-apply-duration", "max-concurrent-streams", "auth-token-ttl",
 }
 
 # Flags that take no value on the command line (``--flag`` means true, ``--flag=false`` allowed).
