@@ -28,7 +28,7 @@ import msgspec
 from shardkv.mvcc import etcd_db, index
 from shardkv.mvcc.kv import KeyValue
 from shardkv.mvcc.revision import rev_to_bytes
-from shardkv.mvcc.store import INITIAL_MAP_SIZE, Store
+from shardkv.mvcc.store import INITIAL_MAP_SIZE, Store, fsync_dir
 
 log = logging.getLogger("shardkv.mvcc.etcd_import")
 
@@ -151,7 +151,7 @@ def import_restored(member_dir: Path | str, store_dir: Path | str) -> Imported |
     info = import_etcd_db(db, tmp, src)
     shutil.rmtree(store_dir, ignore_errors=True)  # no data.mdb in it (checked above)
     os.replace(tmp, store_dir)
-    _fsync_dir(store_dir.parent)
+    fsync_dir(store_dir.parent)
     _move_etcd_files_aside(member_dir)
     log.info("imported etcd backend %s: revision %d, compacted at %d, %d keys (%d revisions), "
              "%d leases", db, info.revision, info.compact_revision, info.keys, info.revisions,
@@ -166,12 +166,4 @@ def _move_etcd_files_aside(member_dir: Path) -> None:
         if (member_dir / name).exists():
             shutil.rmtree(aside / name, ignore_errors=True)
             os.replace(member_dir / name, aside / name)
-    _fsync_dir(member_dir)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(member_dir)

@@ -439,7 +439,7 @@ class Store:
         self._env.copy(str(tmp), compact=True)
         self._env.close()
         os.replace(tmp / "data.mdb", self.path / "data.mdb")
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         shutil.rmtree(tmp)
         self._open()
 
@@ -495,11 +495,11 @@ class Store:
         """Swap the database for ``db_file`` (a verified snapshot body) and reload."""
         self._env.close()
         os.replace(db_file, self.path / "data.mdb")
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         self._open()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     """Make a rename inside ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
