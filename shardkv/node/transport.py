@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import struct
+import time
 from collections.abc import Callable, Iterable
 from urllib.parse import urlparse
 
@@ -25,6 +27,9 @@ _U64 = struct.Struct(">Q")
 KIND_MESSAGES = b"M"
 KIND_SNAPSHOT = b"S"
 KIND_REMOVED = b"R"  # "you were removed from the cluster": the receiver shuts down
+# TEST ONLY (tests/chaos): a file of peer ids (whitespace-separated, int literals) whose
+# outgoing messages this member silently drops, re-read every 100 ms. Unset: no cost.
+_TEST_FAULTS = os.environ.get("SHARDKV_TEST_FAULTS")
 
 # (cluster id, sender id, kind, remaining frames)
 Handler = Callable[[int, int, bytes, list[bytes]], None]
@@ -57,6 +62,20 @@ class PeerTransport:
         self._peers: dict[int, zmq.Socket] = {}
         self._peer_urls: dict[int, tuple[str, ...]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._test_blocked: frozenset[int] = frozenset()
+        self._test_read_at = 0.0
+
+    def _test_dropped(self, to: int) -> bool:
+        """TEST ONLY: is ``to`` listed in the SHARDKV_TEST_FAULTS file (partition injection)?"""
+        now = time.monotonic()
+        if now - self._test_read_at >= 0.1:
+            self._test_read_at = now
+            try:
+                with open(_TEST_FAULTS) as f:
+                    self._test_blocked = frozenset(int(t, 0) for t in f.read().split())
+            except (OSError, ValueError):
+                self._test_blocked = frozenset()
+        return to in self._test_blocked
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Drain the PULL socket whenever its (edge-triggered) FD signals."""
@@ -102,6 +121,8 @@ class PeerTransport:
         sock = self._peers.get(to)
         if sock is None:
             return False
+        if _TEST_FAULTS and self._test_dropped(to):
+            return True  # lost on the (test-partitioned) wire
         head = [_U64.pack(self.cluster_id), _U64.pack(self.member_id), kind]
         try:
             sock.send_multipart(head + frames, zmq.NOBLOCK, copy=False)
