@@ -72,8 +72,11 @@ async def serve(settings: flags.Settings) -> int:
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     for w in waiters:
         w.cancel()
-    log.info("received shutdown request; stopping member %x", member.id)
     crashed = member.stopped.is_set()
+    if crashed:
+        log.error("member %x stopped itself (see above); shutting down", member.id)
+    else:
+        log.info("received shutdown request; stopping member %x", member.id)
     await member.stop()
     await server.stop(grace=1)
     for ms in metrics_servers:

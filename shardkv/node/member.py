@@ -741,10 +741,14 @@ class Member:
         """Every --snapshot-count applied entries: compact the Raft log, keeping some entries so
         slightly slow followers catch up from the log rather than a full snapshot."""
         count = self.cfg.snapshot_count
-        if self.applied - self._snap_index < count:
+        # Raft's applied index, not the store's: after installing a snapshot the store may be
+        # ahead of the log (the leader's copy was newer than the snapshot's index), and Raft
+        # compacts only what it has handed out for applying.
+        applied = self.node.raft.log.applied
+        if applied - self._snap_index < count:
             return
         keep = min(SNAPSHOT_CATCHUP_ENTRIES, count // 2)
-        index = self.applied - keep
+        index = applied - keep
         if index <= self.node.raft.log.offset:
             return
         loop = asyncio.get_running_loop()
@@ -753,7 +757,7 @@ class Member:
         snap = self.node.compact(index, b"")
         await loop.run_in_executor(None, self.raftlog.set_snapshot, snap)
         await loop.run_in_executor(None, self.raftlog.compact, index)
-        self._snap_index = self.applied
+        self._snap_index = applied
         log.info("saved snapshot at index %d, compacted raft log", index)
 
     # ------------------------------------------------------------------ background duties

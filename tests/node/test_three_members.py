@@ -1,6 +1,7 @@
 """A 3-member cluster of real processes: replication, leader failure, loss of quorum,
 recovery, full restart, and a lagging member catching up through a snapshot."""
 import json
+import re
 import signal
 
 import pytest
@@ -94,10 +95,24 @@ def test_lagging_member_catches_up_through_snapshot(cluster_factory):
     live = ",".join(n.client_url for n in c.nodes if n is not lagging)
     for i in range(60):
         assert etcdctl(live, "put", f"s{i}", str(i)).returncode == 0
+    # Keep writing until the leader's store is well ahead of its last compaction point, so the
+    # lagging member installs a store that is ahead of its new log by more than the snapshot
+    # count (it must still compact only what Raft applied).
+    leader = leader_of(c)
+    for i in range(40):
+        compacted = [int(x) for x in re.findall(r"saved snapshot at index (\d+)", leader.log())]
+        status = json.loads(etcdctl(leader.client_url, "endpoint", "status", "-w", "json").stdout)
+        if compacted and status[0]["Status"]["raftAppliedIndex"] - compacted[-1] >= 22:
+            break
+        assert etcdctl(live, "put", f"s{60 + i}", "x").returncode == 0
     lagging.start()
     wait_until(lambda: etcdctl(lagging.client_url, "get", "s59", "--print-value-only",
                                "--consistency=s").stdout == "59\n", 30, 0.3,
                "the restarted member to catch up")
     assert get_value(lagging.client_url, "s0", "--consistency=s") == "0\n"
+    # it keeps working past its own next log compaction (its store arrived ahead of its log)
+    for i in range(45):
+        assert etcdctl(lagging.client_url, "put", f"t{i}", str(i)).returncode == 0
+    assert lagging.alive and get_value(lagging.client_url, "t44") == "44\n"
     leader_log = "".join(n.log() for n in c.nodes if n is not lagging)
     assert "sent database snapshot" in leader_log
