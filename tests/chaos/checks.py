@@ -1,0 +1,93 @@
+"""Checkers of the chaos harness beyond register linearizability (tests/chaos/linearizability.py).
+
+* watches: a watcher sees every committed change under the prefix exactly once, in revision
+  order, with no gaps, with the key and value the reference history has at that revision
+  (reference: a fresh watch from the start revision after the run, on a healthy cluster, which
+  must itself be gap-free since every write in the workload is one put = one revision);
+* durability: after kill -9 of every member and a restart, every acknowledged write is readable
+  at its revision (Range with ``revision``) with its value, and in the reference history.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import grpc
+
+from shardkv.api.etcdserverpb import rpc_pb2 as pb
+from shardkv.api.etcdserverpb import rpc_pb2_grpc as rpc
+from workload import PREFIX, Event, Write
+
+MAX_SHOWN = 8
+
+
+@dataclass
+class Verdict:
+    name: str
+    ok: bool
+    checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, problem: str) -> None:
+        self.ok = False
+        if len(self.problems) < MAX_SHOWN:
+            self.problems.append(problem)
+
+
+def check_reference(reference: list[Event], start: int, final: int) -> Verdict:
+    """The reference history covers every revision start..final exactly once."""
+    v = Verdict("history", True, len(reference))
+    revs = [e.mod_revision for e in reference]
+    if revs != sorted(set(revs)):
+        v.add(f"reference watch not strictly increasing: {revs[:20]}...")
+    missing = sorted(set(range(start, final + 1)) - set(revs))
+    if missing:
+        v.add(f"revisions {start}..{final}: no event for {len(missing)} of them, "
+              f"first {missing[:10]}")
+    return v
+
+
+def check_watch(name: str, events: list[Event], reference: list[Event], start: int,
+                final: int, errors: list[str]) -> Verdict:
+    v = Verdict(name, True, len(events))
+    for err in errors:
+        v.add(err)
+    ref = {e.mod_revision: e for e in reference}
+    prev = start - 1
+    seen: set[int] = set()
+    for e in events:
+        if e.mod_revision in seen:
+            v.add(f"duplicate event at revision {e.mod_revision}: {e}")
+        elif e.mod_revision <= prev:
+            v.add(f"out of order: revision {e.mod_revision} after {prev}")
+        elif e.mod_revision > prev + 1 and e.mod_revision <= final:
+            v.add(f"gap: revisions {prev + 1}..{e.mod_revision - 1} never delivered")
+        if e.mod_revision in ref and ref[e.mod_revision] != e:
+            v.add(f"revision {e.mod_revision}: watcher saw {e}, history has "
+                  f"{ref[e.mod_revision]}")
+        elif e.mod_revision not in ref and e.mod_revision <= final:
+            v.add(f"revision {e.mod_revision}: watcher saw {e}, not in the history")
+        seen.add(e.mod_revision)
+        prev = max(prev, e.mod_revision)
+    if prev < final:
+        v.add(f"watcher stopped at revision {prev}, cluster reached {final}")
+    return v
+
+
+def check_durability(target: str, acked: list[Write], reference: list[Event],
+                     timeout: float = 5.0) -> Verdict:
+    """Every acknowledged write is in the reference history and readable at its revision."""
+    v = Verdict("durability", True, len(acked))
+    ref = {e.mod_revision: e for e in reference}
+    with grpc.insecure_channel(target) as ch:
+        kv = rpc.KVStub(ch)
+        for w in sorted(acked, key=lambda w: w.revision):
+            e = ref.get(w.revision)
+            if e is None or (e.key, e.value) != (w.key, w.value):
+                v.add(f"acknowledged {w} but the history has {e} at that revision")
+            resp = kv.Range(pb.RangeRequest(key=PREFIX + w.key.encode(), revision=w.revision),
+                            timeout=timeout)
+            got = resp.kvs[0] if resp.kvs else None
+            if got is None or got.value.decode() != w.value or got.mod_revision != w.revision:
+                shown = None if got is None else (got.value.decode(), got.mod_revision)
+                v.add(f"acknowledged {w}; Range at revision {w.revision} reads {shown}")
+    return v

@@ -1,0 +1,234 @@
+"""Client workloads of the chaos harness, through etcd's v3 gRPC API (one thread per client).
+
+* ``RegisterClient``: get / put / compare-and-set (a Txn comparing the value, then a put) on a
+  few keys under ``PREFIX``, every value unique. Each operation is recorded as a
+  ``linearizability.Op`` with time.monotonic() invoke/complete times: ok, failed (a Txn that
+  answered succeeded=False: a definite non-swap), or unknown (timeout, unavailable, any other
+  error on a write: it may or may not have taken effect; complete = inf). Reads that fail are
+  dropped (a read has no effect). Acknowledged writes are kept with their revision.
+* ``Watcher``: a watch on ``PREFIX`` that resumes from its last revision + 1 after every
+  disconnect, rotating through the members.
+"""
+from __future__ import annotations
+
+import math
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+from linearizability import CAS, GET, PUT, Op
+from shardkv.api.etcdserverpb import rpc_pb2 as pb
+from shardkv.api.etcdserverpb import rpc_pb2_grpc as rpc
+
+PREFIX = b"chaos/"
+PREFIX_END = b"chaos0"  # PREFIX with its last byte + 1
+OP_TIMEOUT = 3.0
+
+
+@dataclass(frozen=True)
+class Write:
+    """An acknowledged write: ``key`` held ``value`` from revision ``revision``."""
+    key: str
+    value: str
+    revision: int
+
+
+@dataclass(frozen=True)
+class Event:
+    key: str
+    value: str
+    mod_revision: int
+    kind: str  # PUT / DELETE
+
+
+@dataclass
+class SharedState:
+    """What clients share: the last value seen per key (to pick cas expectations)."""
+    last_seen: dict[str, str] = field(default_factory=dict)
+    attempted: set[str] = field(default_factory=set)  # every value any client tried to write
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class RegisterClient(threading.Thread):
+    def __init__(self, cid: int, targets: list[str], keys: list[str], shared: SharedState,
+                 stop: threading.Event, seed: int) -> None:
+        super().__init__(name=f"client-{cid}", daemon=True)
+        self.cid, self.targets, self.keys = cid, targets, keys
+        self.shared, self.stop_event = shared, stop
+        self.rnd = random.Random(seed)
+        self.ops: list[Op] = []
+        self.acked: list[Write] = []
+        self.counts = {"ok": 0, "failed": 0, "unknown": 0}
+        self._n = 0
+        self._target = cid % len(targets)
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            with grpc.insecure_channel(self.targets[self._target]) as ch:
+                kv = rpc.KVStub(ch)
+                while not self.stop_event.is_set():
+                    if not self.one_op(kv):
+                        break  # unknown outcome: try another member
+            self._target = (self._target + 1) % len(self.targets)
+            self.stop_event.wait(0.1)
+
+    def one_op(self, kv: rpc.KVStub) -> bool:
+        key = self.rnd.choice(self.keys)
+        roll = self.rnd.random()
+        with self.shared.lock:
+            expected = self.shared.last_seen.get(key)
+        if roll < 0.4:
+            return self._get(kv, key)
+        if roll < 0.7 or expected is None:
+            return self._put(kv, key)
+        return self._cas(kv, key, expected)
+
+    def _value(self) -> str:
+        self._n += 1
+        value = f"c{self.cid}-{self._n}"
+        with self.shared.lock:
+            self.shared.attempted.add(value)
+        return value
+
+    def _seen(self, key: str, value: str | None) -> None:
+        if value is not None:
+            with self.shared.lock:
+                self.shared.last_seen[key] = value
+
+    def _record(self, op: Op, status: str) -> None:
+        self.ops.append(op)
+        self.counts[status] += 1
+
+    def _get(self, kv: rpc.KVStub, key: str) -> bool:
+        invoke = time.monotonic()
+        try:
+            resp = kv.Range(pb.RangeRequest(key=PREFIX + key.encode()), timeout=OP_TIMEOUT)
+        except grpc.RpcError:
+            self.counts["unknown"] += 1  # a read has no effect: not part of the history
+            return False
+        complete = time.monotonic()
+        value = resp.kvs[0].value.decode() if resp.kvs else None
+        self._seen(key, value)
+        self._record(Op(self.cid, key, GET, None, value, invoke, complete), "ok")
+        return True
+
+    def _put(self, kv: rpc.KVStub, key: str) -> bool:
+        value = self._value()
+        invoke = time.monotonic()
+        try:
+            resp = kv.Put(pb.PutRequest(key=PREFIX + key.encode(), value=value.encode()),
+                          timeout=OP_TIMEOUT)
+        except grpc.RpcError:
+            self._record(Op(self.cid, key, PUT, value, None, invoke, math.inf), "unknown")
+            return False
+        self._record(Op(self.cid, key, PUT, value, True, invoke, time.monotonic()), "ok")
+        self.acked.append(Write(key, value, resp.header.revision))
+        self._seen(key, value)
+        return True
+
+    def _cas(self, kv: rpc.KVStub, key: str, expected: str) -> bool:
+        value = self._value()
+        k = PREFIX + key.encode()
+        req = pb.TxnRequest(
+            compare=[pb.Compare(key=k, target=pb.Compare.VALUE, result=pb.Compare.EQUAL,
+                                value=expected.encode())],
+            success=[pb.RequestOp(request_put=pb.PutRequest(key=k, value=value.encode()))])
+        invoke = time.monotonic()
+        try:
+            resp = kv.Txn(req, timeout=OP_TIMEOUT)
+        except grpc.RpcError:
+            self._record(Op(self.cid, key, CAS, (expected, value), None, invoke, math.inf),
+                         "unknown")
+            return False
+        complete = time.monotonic()
+        op = Op(self.cid, key, CAS, (expected, value), resp.succeeded, invoke, complete)
+        self._record(op, "ok" if resp.succeeded else "failed")
+        if resp.succeeded:
+            self.acked.append(Write(key, value, resp.header.revision))
+            self._seen(key, value)
+        return True
+
+
+class Watcher(threading.Thread):
+    """Watches PREFIX from ``start_revision``; after any disconnect resumes from the last
+    revision seen + 1 on the next member."""
+
+    def __init__(self, wid: int, targets: list[str], start_revision: int) -> None:
+        super().__init__(name=f"watcher-{wid}", daemon=True)
+        self.targets = targets
+        self.next_revision = start_revision
+        self.events: list[Event] = []
+        self.reconnects = 0
+        self.errors: list[str] = []  # a canceled watch (e.g. compacted): the checker reports it
+        self._target = wid % len(targets)
+        self._stopping = threading.Event()
+        self._call = None
+        self._lock = threading.Lock()
+
+    @property
+    def last_revision(self) -> int:
+        return self.next_revision - 1
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.reconnect()
+
+    def reconnect(self) -> None:
+        """Drop the current stream (e.g. one stuck on a member that fell behind)."""
+        with self._lock:
+            if self._call is not None:
+                self._call.cancel()
+
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._watch_once(self.targets[self._target])
+            except grpc.RpcError:
+                pass
+            if self._stopping.is_set():
+                return
+            self.reconnects += 1
+            self._target = (self._target + 1) % len(self.targets)
+            self._stopping.wait(0.2)
+
+    def _watch_once(self, target: str) -> None:
+        requests: queue.Queue = queue.Queue()
+        requests.put(pb.WatchRequest(create_request=pb.WatchCreateRequest(
+            key=PREFIX, range_end=PREFIX_END, start_revision=self.next_revision)))
+
+        def gen():
+            while True:
+                req = requests.get()
+                if req is None:
+                    return
+                yield req
+
+        with grpc.insecure_channel(target) as ch:
+            call = rpc.WatchStub(ch).Watch(gen())
+            with self._lock:
+                self._call = call
+            if self._stopping.is_set():
+                call.cancel()
+            try:
+                for resp in call:
+                    if resp.canceled:
+                        self.errors.append(f"watch canceled: {resp.cancel_reason!r} "
+                                           f"(compact_revision {resp.compact_revision})")
+                        self._stopping.set()
+                        return
+                    for ev in resp.events:
+                        self._event(ev)
+            finally:
+                requests.put(None)
+                with self._lock:
+                    self._call = None
+
+    def _event(self, ev) -> None:
+        kind = "DELETE" if ev.type == 1 else "PUT"
+        self.events.append(Event(ev.kv.key[len(PREFIX):].decode(), ev.kv.value.decode(),
+                                 ev.kv.mod_revision, kind))
+        self.next_revision = max(self.next_revision, ev.kv.mod_revision + 1)
