@@ -89,21 +89,26 @@ def delete_response(r: kv.DeleteRangeResponse, h: pb.ResponseHeader) -> pb.Delet
                                   prev_kvs=[key_value(k) for k in r.prev_kvs])
 
 
-def _response_op(r: kv.ResponseOp, h: pb.ResponseHeader) -> pb.ResponseOp:
+def _response_op(r: kv.ResponseOp) -> pb.ResponseOp:
+    """A txn's inner response: etcd gives it a header holding only the revision."""
     if r.response_range is not None:
+        h = pb.ResponseHeader(revision=r.response_range.header.revision)
         return pb.ResponseOp(response_range=range_response(r.response_range, h))
     if r.response_put is not None:
+        h = pb.ResponseHeader(revision=r.response_put.header.revision)
         return pb.ResponseOp(response_put=put_response(r.response_put, h))
     if r.response_delete_range is not None:
+        h = pb.ResponseHeader(revision=r.response_delete_range.header.revision)
         return pb.ResponseOp(response_delete_range=delete_response(r.response_delete_range, h))
     if r.response_txn is not None:
+        h = pb.ResponseHeader(revision=r.response_txn.header.revision)
         return pb.ResponseOp(response_txn=txn_response(r.response_txn, h))
     return pb.ResponseOp()
 
 
 def txn_response(r: kv.TxnResponse, h: pb.ResponseHeader) -> pb.TxnResponse:
     return pb.TxnResponse(header=h, succeeded=r.succeeded,
-                          responses=[_response_op(o, h) for o in r.responses])
+                          responses=[_response_op(o) for o in r.responses])
 
 
 def watch_response(r: kv.WatchResponse, h: pb.ResponseHeader) -> pb.WatchResponse:
