@@ -146,3 +146,16 @@ def test_hash_and_status(channel):
     assert m.HashKV(pb.HashKVRequest(), timeout=TIMEOUT).header.revision >= 1
     m.Defragment(pb.DefragmentRequest(), timeout=TIMEOUT)
     assert put(channel, b"after-defrag", b"1").header.revision > 1
+
+
+def test_watch_fragments_large_responses():
+    from shardkv.api.mvccpb import kv_pb2
+    from shardkv.node.services.watch import fragments
+    events = [kv_pb2.Event(kv=kv_pb2.KeyValue(key=b"k%d" % i, value=b"x" * 1000))
+              for i in range(10)]
+    msg = pb.WatchResponse(watch_id=7, events=events)
+    parts = fragments(msg, 2500)
+    assert [len(p.events) for p in parts] == [2, 2, 2, 2, 2]
+    assert [p.fragment for p in parts] == [True, True, True, True, False]
+    assert all(p.watch_id == 7 for p in parts)
+    assert fragments(msg, 10**6) == [msg]

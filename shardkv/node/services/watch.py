@@ -61,6 +61,7 @@ class _Stream:
         self.ready = asyncio.Event()
         self.watchers: dict[int, Watcher] = {}
         self.control: list[pb.WatchResponse] = []
+        self.fragmented: set[int] = set()  # watch ids created with fragment=true
 
     async def read(self, request_iterator) -> None:
         try:
@@ -99,6 +100,8 @@ class _Stream:
             self.ready.set()
             return
         self.watchers[watcher.id] = watcher
+        if c.fragment:
+            self.fragmented.add(watcher.id)
         self.ready.set()
 
     def drain(self) -> list[pb.WatchResponse]:
@@ -109,9 +112,14 @@ class _Stream:
                 h = pb.ResponseHeader()
                 h.CopyFrom(header)
                 h.revision = resp.header.revision or h.revision
-                out.append(convert.watch_response(resp, h))
+                msg = convert.watch_response(resp, h)
+                if watch_id in self.fragmented:
+                    out.extend(fragments(msg, self.m.cfg.max_request_bytes))
+                else:
+                    out.append(msg)
                 if resp.canceled:
                     self.watchers.pop(watch_id, None)
+                    self.fragmented.discard(watch_id)
         self.m.hub.sync_unsynced()  # drained buffers may let unsynced watchers catch up
         return out
 
@@ -119,3 +127,27 @@ class _Stream:
         for watch_id in list(self.watchers):
             self.m.hub.cancel(watch_id)
         self.watchers.clear()
+
+
+def fragments(msg: pb.WatchResponse, limit: int) -> list[pb.WatchResponse]:
+    """etcd's watch fragmentation: a response larger than --max-request-bytes is split into
+    several, each with at least one event; all but the last have fragment=true."""
+    if msg.ByteSize() <= limit or len(msg.events) <= 1:
+        return [msg]
+    out: list[pb.WatchResponse] = []
+    part = _empty_like(msg)
+    for event in msg.events:
+        if part.events and part.ByteSize() + event.ByteSize() > limit:
+            part.fragment = True
+            out.append(part)
+            part = _empty_like(msg)
+        part.events.append(event)
+    out.append(part)
+    return out
+
+
+def _empty_like(msg: pb.WatchResponse) -> pb.WatchResponse:
+    part = pb.WatchResponse()
+    part.CopyFrom(msg)
+    del part.events[:]
+    return part
