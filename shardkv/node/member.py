@@ -196,6 +196,8 @@ class Member:
             self._bootstrap_identity()
         else:
             self._check_identity()
+        for leftover in self.dir.glob("snapshot.incoming.*"):
+            leftover.unlink()  # received before a crash, never installed: the leader resends
         registry_path = self.dir / "cluster.json"
         self.registry = membership.load(registry_path) or self._initial_registry()
         if fresh:
@@ -415,13 +417,17 @@ class Member:
 
     async def _receive_snapshot(self, frames: list[bytes]) -> None:
         msg = decode_message(frames[0])
-        path = self.dir / "snapshot.incoming"
+        # one file per received snapshot: a second one (e.g. from a new leader) must not
+        # overwrite a file that is still being written or installed
+        path = self.dir / f"snapshot.incoming.{msg.term}.{msg.snapshot.meta.index}.{msg.frm:x}"
 
         def write() -> None:
             with open(path, "wb") as f:
                 for chunk in frames[2:]:
                     f.write(chunk)
         await asyncio.get_running_loop().run_in_executor(None, write)
+        if self._incoming_snapshot is not None and self._incoming_snapshot[0] != path:
+            self._incoming_snapshot[0].unlink(missing_ok=True)  # superseded, never installed
         self._incoming_snapshot = (path, frames[1])
         log.info("received database snapshot from %x at index %d", msg.frm, msg.snapshot.meta.index)
         self._incoming.append(msg)
