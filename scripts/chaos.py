@@ -8,6 +8,7 @@ Prints the summary table; exits 1 on any checker violation (member logs are kept
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config(members=args.members, seconds=args.minutes * 60, nemeses=names,
                  clients=args.clients, keys=args.keys, watchers=args.watchers, seed=args.seed,
                  combine=args.combine, base=args.dir)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # kill: still stop the members
     report = run(cfg)
     print(report.table())
     return 0 if report.ok else 1

@@ -48,16 +48,6 @@ def step(state: Any, op: Op) -> tuple[bool, Any]:
 
 
 @dataclass
-class _Entry:
-    op_id: int
-    is_call: bool
-    time: float
-    match: "_Entry | None" = None
-    prev: "_Entry | None" = None
-    next: "_Entry | None" = None
-
-
-@dataclass
 class Result:
     ok: bool
     key: Any = None
@@ -66,106 +56,120 @@ class Result:
     # could come next (the smallest piece of history that shows the anomaly)
     linearized: list[Op] = field(default_factory=list)
     stuck: list[Op] = field(default_factory=list)
+    # the search gave up (``budget`` steps) without deciding: neither a pass nor a violation
+    inconclusive: bool = False
 
 
-def _entries(ops: list[Op]) -> _Entry:
-    """A doubly linked list of call/return events in time order, behind a sentinel head.
-    At equal times calls come first: touching operations count as concurrent (permissive)."""
-    events = []
+DEFAULT_BUDGET = 2_000_000
+
+
+_UNOBSERVED = ("unobserved value",)  # the state after a put whose value nobody ever saw
+
+
+def _unobserved_puts(ops: list[Op]) -> tuple[list[Op], set[int]]:
+    """Unknown-outcome puts whose value no operation ever saw (no get returned it, no cas
+    expected it) are interchangeable: each can only turn the state into 'something nobody
+    reads', at any time after its invocation. Their value becomes one shared token, and the
+    search only ever places the earliest-invoked one not yet placed (symmetry breaking: any
+    order that uses k of them can use the k earliest-invoked ones instead). This turns 2^k
+    subsets into k + 1 counts."""
+    observed = {op.output for op in ops if op.kind == GET}
+    observed |= {op.input[0] for op in ops if op.kind == CAS}
+    out, unobserved = list(ops), set()
     for i, op in enumerate(ops):
-        call = _Entry(i, True, op.invoke)
-        ret = _Entry(i, False, op.complete)
-        call.match = ret
-        events += [call, ret]
-    events.sort(key=lambda e: (e.time, not e.is_call, e.op_id))
-    head = _Entry(-1, False, -math.inf)
-    prev = head
-    for e in events:
-        prev.next, e.prev = e, prev
-        prev = e
-    return head
+        if op.kind == PUT and op.complete == math.inf and op.input not in observed:
+            out[i] = Op(op.client, op.key, PUT, _UNOBSERVED, None, op.invoke, op.complete)
+            unobserved.add(i)
+    return out, unobserved
 
 
-def _lift(e: _Entry) -> None:
-    e.prev.next = e.next
-    if e.next:
-        e.next.prev = e.prev
-    m = e.match
-    m.prev.next = m.next
-    if m.next:
-        m.next.prev = m.prev
+def _candidates(ops: list[Op], by_invoke: list[int], linearized: int,
+                unobserved: set[int]) -> list[int]:
+    """Operations that may take effect next: not yet linearized and invoked no later than the
+    earliest return among those not linearized (touching operations count as concurrent).
+    Answered operations first, earliest return first; unknown-outcome ones last, so the search
+    only places an operation that may never have happened when it has to."""
+    rest = [i for i in by_invoke if not linearized >> i & 1]
+    first_return = min((ops[i].complete for i in rest), default=math.inf)
+    cands, one_unobserved = [], False
+    for i in rest:
+        if ops[i].invoke > first_return:
+            break
+        if i in unobserved:
+            if one_unobserved:
+                continue
+            one_unobserved = True
+        cands.append(i)
+    cands.sort(key=lambda i: (ops[i].complete, ops[i].invoke))
+    return cands
 
 
-def _unlift(e: _Entry) -> None:
-    m = e.match
-    m.prev.next = m
-    if m.next:
-        m.next.prev = m
-    e.prev.next = e
-    if e.next:
-        e.next.prev = e
-
-
-def check_key(ops: list[Op], initial: Any = None) -> Result:
-    """Is this one key's history linearizable?"""
-    head = _entries(ops)
-    state = initial
-    linearized = 0
-    cache: set[tuple[int, Any]] = set()
-    stack: list[tuple[_Entry, Any]] = []
+def check_key(ops: list[Op], initial: Any = None, budget: int = DEFAULT_BUDGET) -> Result:
+    """Is this one key's history linearizable? A depth-first search over the orders real time
+    allows, memoizing (linearized set, state) pairs (Lowe); done when every answered operation
+    is placed (unknown-outcome operations may never have taken effect)."""
+    original = ops
+    ops, unobserved = _unobserved_puts(ops)
+    by_invoke = sorted(range(len(ops)), key=lambda i: ops[i].invoke)
+    answered = sum(1 for op in ops if op.complete != math.inf)
+    # frames: (linearized set, state, answered placed, candidates, next candidate)
+    stack = [[0, initial, 0, _candidates(ops, by_invoke, 0, unobserved), 0]]
+    path: list[int] = []
     best: list[int] = []
-    best_stuck: list[int] = []
-    e = head.next
-    while head.next is not None:
-        if e.is_call:
-            ok, new_state = step(state, ops[e.op_id])
-            bit = 1 << e.op_id
-            if ok and (linearized | bit, new_state) not in cache:
-                cache.add((linearized | bit, new_state))
-                stack.append((e, state))
-                state, linearized = new_state, linearized | bit
-                _lift(e)
-                e = head.next
-            else:
-                e = e.next
+    best_stuck: list[int] = stack[0][3]
+    cache = {(0, initial)}
+    steps = 0
+    while stack:
+        frame = stack[-1]
+        linearized, state, placed, cands, k = frame
+        if placed == answered:
+            return Result(True, ops_checked=len(ops))
+        if k >= len(cands):
+            stack.pop()
+            if path:
+                path.pop()
             continue
-        # a return: the operation it closes could not be linearized before it -> backtrack
-        if len(stack) > len(best):
-            best = [s[0].op_id for s in stack]
-            best_stuck = _pending(head, e)
-        if not stack:
-            return Result(False, ops_checked=len(ops), linearized=[ops[i] for i in best],
-                          stuck=[ops[i] for i in best_stuck or _pending(head, e)])
-        top, state = stack.pop()
-        linearized &= ~(1 << top.op_id)
-        _unlift(top)
-        e = top.next
-    return Result(True, ops_checked=len(ops))
+        frame[4] = k + 1
+        steps += 1
+        if steps > budget:
+            return Result(False, ops_checked=len(ops), inconclusive=True,
+                          linearized=[original[i] for i in best],
+                          stuck=[original[i] for i in best_stuck])
+        i = cands[k]
+        ok, new_state = step(state, ops[i])
+        nxt = linearized | 1 << i
+        if not ok or (nxt, new_state) in cache:
+            continue
+        cache.add((nxt, new_state))
+        path.append(i)
+        nxt_cands = _candidates(ops, by_invoke, nxt, unobserved)
+        if len(path) > len(best):
+            best, best_stuck = list(path), nxt_cands
+        stack.append([nxt, new_state, placed + (ops[i].complete != math.inf), nxt_cands, 0])
+    return Result(False, ops_checked=len(ops), linearized=[original[i] for i in best],
+                  stuck=[original[i] for i in best_stuck])
 
 
-def _pending(head: _Entry, ret: _Entry) -> list[int]:
-    """Operations invoked before ``ret`` and not yet linearized: the candidates that failed."""
-    out = []
-    e = head.next
-    while e is not None and e is not ret.next:
-        if e.is_call:
-            out.append(e.op_id)
-        e = e.next
-    return out
-
-
-def check(ops: list[Op], initial: Any = None) -> Result:
-    """Check a whole history, key by key. Returns the first failing key's result."""
+def check(ops: list[Op], initial: Any = None, budget: int = DEFAULT_BUDGET) -> Result:
+    """Check a whole history, key by key. Returns the first failing key's result; a key whose
+    search ran out of budget is skipped (its result is returned, inconclusive, only if no key
+    fails)."""
     by_key: dict[Any, list[Op]] = {}
     for op in ops:
         by_key.setdefault(op.key, []).append(op)
     total = 0
+    undecided: Result | None = None
     for key, key_ops in sorted(by_key.items(), key=lambda kv: repr(kv[0])):
-        result = check_key(key_ops, initial)
+        result = check_key(key_ops, initial, budget)
         total += result.ops_checked
-        if not result.ok:
-            result.key = key
+        result.key = key
+        if result.inconclusive:
+            undecided = undecided or result
+        elif not result.ok:
             return result
+    if undecided is not None:
+        undecided.ops_checked = total
+        return undecided
     return Result(True, ops_checked=total)
 
 
@@ -173,6 +177,9 @@ def describe(result: Result) -> str:
     """A human-readable account of a failure: the order that worked, then the dead end."""
     if result.ok:
         return f"linearizable ({result.ops_checked} operations)"
+    if result.inconclusive:
+        return (f"INCONCLUSIVE on key {result.key!r}: the search ran out of budget "
+                f"(no violation found; every other key is linearizable)")
     lines = [f"NOT linearizable on key {result.key!r}; longest valid order found:"]
     lines += [f"  {_fmt(op)}" for op in result.linearized[-10:]]
     lines.append("then none of these can take effect next:")

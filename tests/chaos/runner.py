@@ -7,8 +7,10 @@ schedule, heal, kill -9 every member and restart, then check everything.
 """
 from __future__ import annotations
 
+import pickle
 import random
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -112,6 +114,10 @@ def _fault_phase(cfg: Config, cluster: nemesis.ChaosCluster, rnd: random.Random,
             return
 
 
+def _log(msg: str) -> None:
+    print(f"[chaos {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
 def _catch_up(watchers: list[Watcher], final: int, timeout: float = 40.0) -> None:
     deadline = time.monotonic() + timeout
     nudged = time.monotonic()
@@ -196,7 +202,10 @@ def _check_all(report: Report, target: str, clients: list[RegisterClient], watch
     for c in clients:
         for k, n in c.counts.items():
             report.counts[k] = report.counts.get(k, 0) + n
+    (report.base / "history.pickle").write_bytes(pickle.dumps(ops))
+    _log(f"checking {len(ops)} register operations")
     lin = check(ops)
+    _log("linearizability checked")
     report.verdicts.append(Verdict("linearizable registers", lin.ok, lin.ops_checked,
                                    [] if lin.ok else describe(lin).splitlines()))
     ref = check_reference(reference, start, after)

@@ -112,3 +112,15 @@ def test_random_histories_with_a_stale_read_are_caught():
 
 def test_checks_tens_of_thousands_of_operations():
     assert check(_atomic_register_history(1, clients=10, n=20_000)).ok
+
+
+def test_many_unknown_puts_nobody_saw_are_cheap_and_do_not_hide_a_stale_read():
+    """Twenty writes lost in an outage (unknown outcome, values never read) then a stale read:
+    the search places interchangeable unobserved puts by count, not by subset."""
+    lost = [Op(i, "k", PUT, f"lost{i}", None, 0.1 * i, INF) for i in range(20)]
+    ok = [Op(0, "k", PUT, 1, True, 5, 6), Op(1, "k", PUT, 2, True, 7, 8),
+          Op(2, "k", GET, None, 2, 9, 10), Op(3, "k", CAS, (2, 3), False, 11, 12)]
+    assert check(lost + ok).ok  # the failed cas: some lost write landed after the put of 2
+    stale = ok[:3] + [Op(2, "k", GET, None, 1, 11, 12)]
+    result = check(lost + stale)
+    assert not result.ok and not result.inconclusive

@@ -47,7 +47,12 @@ class Event:
 
 @dataclass
 class SharedState:
-    """What clients share: the last value seen per key (to pick cas expectations)."""
+    """What clients share: the last value seen per key (to pick cas expectations), and the
+    clock of key generations: every ``rotate`` seconds the clients move on to fresh keys (as
+    Jepsen's independent keys do), which bounds each key's history and the number of
+    unknown-outcome operations the linearizability search must place on it."""
+    rotate: float = 5.0
+    started: float = field(default_factory=time.monotonic)
     last_seen: dict[str, str] = field(default_factory=dict)
     attempted: set[str] = field(default_factory=set)  # every value any client tried to write
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -77,7 +82,8 @@ class RegisterClient(threading.Thread):
             self.stop_event.wait(0.1)
 
     def one_op(self, kv: rpc.KVStub) -> bool:
-        key = self.rnd.choice(self.keys)
+        generation = int((time.monotonic() - self.shared.started) / self.shared.rotate)
+        key = f"{self.rnd.choice(self.keys)}.{generation}"
         roll = self.rnd.random()
         with self.shared.lock:
             expected = self.shared.last_seen.get(key)
