@@ -92,9 +92,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"shardkv-node, etcd API Version: {VERSION}")
         return
     if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
-        print("Flags: etcd 3.4's (see `etcd --help`); implemented:",
-              ", ".join("--" + f for f in sorted(flags.IMPLEMENTED)))
+        print("Usage: shardkv-node [etcd 3.4 flags]\n\nAn etcd 3.4 member. Implemented flags "
+              "(etcd's meanings and defaults):")
+        for name in sorted(flags.IMPLEMENTED):
+            default = flags.IMPLEMENTED[name] or "''"
+            print(f"  --{name}  (default {default})")
+        print("Other etcd 3.4 flags are accepted and ignored; TLS/auth flags refuse to start.")
         return
     try:
         settings = flags.parse(argv)

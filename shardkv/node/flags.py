@@ -17,10 +17,12 @@ log = logging.getLogger("shardkv.flags")
 IMPLEMENTED: dict[str, str] = {
     "name": "default",
     "data-dir": "",
-    "listen-client-urls": "http://localhost:2379",
-    "advertise-client-urls": "http://localhost:2379",
-    "listen-peer-urls": "http://localhost:2380",
-    "initial-advertise-peer-urls": "http://localhost:2380",
+    # etcd says localhost; 127.0.0.1 here, so what we bind and the member id derived from the
+    # peer URL never depend on how 'localhost' resolves.
+    "listen-client-urls": "http://127.0.0.1:2379",
+    "advertise-client-urls": "http://127.0.0.1:2379",
+    "listen-peer-urls": "http://127.0.0.1:2380",
+    "initial-advertise-peer-urls": "http://127.0.0.1:2380",
     "initial-cluster": "",
     "initial-cluster-token": "etcd-cluster",
     "initial-cluster-state": "new",
@@ -131,20 +133,10 @@ def parse(argv: list[str], environ: dict[str, str] | None = None) -> Settings:
                         + ", ".join("--" + n for n in refused))
     values = dict(IMPLEMENTED)
     values.update({k: v for k, v in given.items() if k in IMPLEMENTED})
-    _default_urls(values, given)
     if values["initial-cluster-state"] not in ("new", "existing"):
         raise FlagError(f"invalid value {values['initial-cluster-state']!r} for flag "
                         "--initial-cluster-state (want new or existing)")
     return Settings(values, sorted(n for n in given if n in IGNORED))
-
-
-def _default_urls(values: dict[str, str], given: dict[str, str]) -> None:
-    """etcd listens on localhost by default; its defaults resolve to 127.0.0.1 here so the
-    member id and listening address never depend on how 'localhost' resolves."""
-    for name in ("listen-client-urls", "advertise-client-urls", "listen-peer-urls",
-                 "initial-advertise-peer-urls"):
-        if name not in given:
-            values[name] = values[name].replace("localhost", "127.0.0.1")
 
 
 def _parse_argv(argv: list[str]) -> dict[str, str]:
