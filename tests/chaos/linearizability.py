@@ -63,42 +63,49 @@ class Result:
 DEFAULT_BUDGET = 2_000_000
 
 
-_UNOBSERVED = ("unobserved value",)  # the state after a put whose value nobody ever saw
+_UNOBSERVED = ("unobserved value",)  # the state after a write whose value nobody ever saw
 
 
-def _unobserved_puts(ops: list[Op]) -> tuple[list[Op], set[int]]:
-    """Unknown-outcome puts whose value no operation ever saw (no get returned it, no cas
-    expected it) are interchangeable: each can only turn the state into 'something nobody
-    reads', at any time after its invocation. Their value becomes one shared token, and the
-    search only ever places the earliest-invoked one not yet placed (symmetry breaking: any
-    order that uses k of them can use the k earliest-invoked ones instead). This turns 2^k
-    subsets into k + 1 counts."""
+def _unobserved_writes(ops: list[Op]) -> tuple[list[Op], dict[int, Any]]:
+    """Unknown-outcome writes whose value no operation ever saw (no get returned it, no cas
+    expected it) are interchangeable within a class (puts; cas ops with the same expected
+    value): each can only turn the state into 'something nobody reads', at any time after its
+    invocation. Their value becomes one shared token, and the search only ever places the
+    earliest-invoked one of a class not yet placed (symmetry breaking: an order that uses k of
+    them can use the k earliest-invoked ones instead). This turns 2^k subsets into k + 1
+    counts. Returns the rewritten operations and each such operation's class."""
     observed = {op.output for op in ops if op.kind == GET}
     observed |= {op.input[0] for op in ops if op.kind == CAS}
-    out, unobserved = list(ops), set()
+    out, classes = list(ops), {}
     for i, op in enumerate(ops):
-        if op.kind == PUT and op.complete == math.inf and op.input not in observed:
+        if op.complete != math.inf:
+            continue
+        if op.kind == PUT and op.input not in observed:
             out[i] = Op(op.client, op.key, PUT, _UNOBSERVED, None, op.invoke, op.complete)
-            unobserved.add(i)
-    return out, unobserved
+            classes[i] = (PUT,)
+        elif op.kind == CAS and op.input[1] not in observed:
+            out[i] = Op(op.client, op.key, CAS, (op.input[0], _UNOBSERVED), None, op.invoke,
+                        op.complete)
+            classes[i] = (CAS, op.input[0])
+    return out, classes
 
 
 def _candidates(ops: list[Op], by_invoke: list[int], linearized: int,
-                unobserved: set[int]) -> list[int]:
+                classes: dict[int, Any]) -> list[int]:
     """Operations that may take effect next: not yet linearized and invoked no later than the
     earliest return among those not linearized (touching operations count as concurrent).
     Answered operations first, earliest return first; unknown-outcome ones last, so the search
     only places an operation that may never have happened when it has to."""
     rest = [i for i in by_invoke if not linearized >> i & 1]
     first_return = min((ops[i].complete for i in rest), default=math.inf)
-    cands, one_unobserved = [], False
+    cands, seen_classes = [], set()
     for i in rest:
         if ops[i].invoke > first_return:
             break
-        if i in unobserved:
-            if one_unobserved:
+        if i in classes:
+            if classes[i] in seen_classes:
                 continue
-            one_unobserved = True
+            seen_classes.add(classes[i])
         cands.append(i)
     cands.sort(key=lambda i: (ops[i].complete, ops[i].invoke))
     return cands
@@ -109,11 +116,11 @@ def check_key(ops: list[Op], initial: Any = None, budget: int = DEFAULT_BUDGET) 
     allows, memoizing (linearized set, state) pairs (Lowe); done when every answered operation
     is placed (unknown-outcome operations may never have taken effect)."""
     original = ops
-    ops, unobserved = _unobserved_puts(ops)
+    ops, classes = _unobserved_writes(ops)
     by_invoke = sorted(range(len(ops)), key=lambda i: ops[i].invoke)
     answered = sum(1 for op in ops if op.complete != math.inf)
     # frames: (linearized set, state, answered placed, candidates, next candidate)
-    stack = [[0, initial, 0, _candidates(ops, by_invoke, 0, unobserved), 0]]
+    stack = [[0, initial, 0, _candidates(ops, by_invoke, 0, classes), 0]]
     path: list[int] = []
     best: list[int] = []
     best_stuck: list[int] = stack[0][3]
@@ -138,11 +145,13 @@ def check_key(ops: list[Op], initial: Any = None, budget: int = DEFAULT_BUDGET) 
         i = cands[k]
         ok, new_state = step(state, ops[i])
         nxt = linearized | 1 << i
+        if ops[i].complete == math.inf and new_state == state:
+            continue  # an unknown operation with no effect here: as if it never happened
         if not ok or (nxt, new_state) in cache:
             continue
         cache.add((nxt, new_state))
         path.append(i)
-        nxt_cands = _candidates(ops, by_invoke, nxt, unobserved)
+        nxt_cands = _candidates(ops, by_invoke, nxt, classes)
         if len(path) > len(best):
             best, best_stuck = list(path), nxt_cands
         stack.append([nxt, new_state, placed + (ops[i].complete != math.inf), nxt_cands, 0])
