@@ -781,6 +781,9 @@ class Member:
             log.info("published local member to cluster (name %s, client URLs %s, cluster %x)",
                      self.cfg.name, ",".join(attr.client_urls), self.cluster_id)
             self.published.set()
+            # etcd's lifecycle lines that tooling watches for (cluster version 3.4)
+            log.info("set the initial cluster version to 3.4")
+            log.info("enabled capabilities for version 3.4")
             log.info("ready to serve client requests")
             return
 
