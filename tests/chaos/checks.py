@@ -15,7 +15,7 @@ import grpc
 
 from shardkv.api.etcdserverpb import rpc_pb2 as pb
 from shardkv.api.etcdserverpb import rpc_pb2_grpc as rpc
-from workload import PREFIX, Event, Write
+from workload import LEASE_PREFIX, PREFIX, Event, LeaseClient, Write
 
 MAX_SHOWN = 8
 
@@ -90,4 +90,20 @@ def check_durability(target: str, acked: list[Write], reference: list[Event],
             if got is None or got.value.decode() != w.value or got.mod_revision != w.revision:
                 shown = None if got is None else (got.value.decode(), got.mod_revision)
                 v.add(f"acknowledged {w}; Range at revision {w.revision} reads {shown}")
+    return v
+
+
+def check_leases(target: str, client: LeaseClient, timeout: float = 5.0) -> Verdict:
+    """No key of an acknowledged-revoked lease is readable at the end (after the restart)."""
+    v = Verdict(f"leases ({client.rounds} revoked)", True, client.rounds)
+    for problem in client.violations:
+        v.add(problem)
+    with grpc.insecure_channel(target) as ch:
+        resp = rpc.KVStub(ch).Range(pb.RangeRequest(key=LEASE_PREFIX,
+                                                    range_end=LEASE_PREFIX[:-1] + b"0"),
+                                    timeout=timeout)
+    alive = {kv.key for kv in resp.kvs}
+    for key in client.revoked:
+        if key in alive:
+            v.add(f"{key!r} still readable at the end; its lease was revoked")
     return v

@@ -1,5 +1,6 @@
 """The chaos harness in CI: short runs of real shardkv-node clusters under faults, checked for
-linearizable registers, exactly-once gap-free watches and durable acknowledged writes; plus the
+linearizable registers, exactly-once gap-free watches, durable acknowledged writes and revoked
+leases that stay revoked; plus the
 harness's own pieces (the partition hook, the watch checker) on known inputs.
 
 Longer soaks: python3 scripts/chaos.py --minutes N [--members 3|5] [--nemesis ...]

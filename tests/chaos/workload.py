@@ -238,3 +238,48 @@ class Watcher(threading.Thread):
         self.events.append(Event(ev.kv.key[len(PREFIX):].decode(), ev.kv.value.decode(),
                                  ev.kv.mod_revision, kind))
         self.next_revision = max(self.next_revision, ev.kv.mod_revision + 1)
+
+
+LEASE_PREFIX = PREFIX + b"lease/"
+
+
+class LeaseClient(threading.Thread):
+    """Grant a lease, put a key under it, revoke it; once a revoke is acknowledged the key must
+    never be readable again and the lease must refuse new keys. Violations seen on the way are
+    kept in ``violations``; acknowledged revokes in ``revoked`` for the end-of-run check."""
+
+    def __init__(self, targets: list[str], stop: threading.Event) -> None:
+        super().__init__(name="leases", daemon=True)
+        self.targets, self.stop_event = targets, stop
+        self.revoked: list[bytes] = []
+        self.violations: list[str] = []
+        self.rounds = 0
+        self._target = 0
+
+    def run(self) -> None:
+        n = 0
+        while not self.stop_event.is_set():
+            target = self.targets[self._target % len(self.targets)]
+            self._target += 1
+            n += 1
+            try:
+                with grpc.insecure_channel(target) as ch:
+                    self._round(rpc.KVStub(ch), rpc.LeaseStub(ch), LEASE_PREFIX + b"%d" % n)
+            except grpc.RpcError:
+                pass  # unknown outcome: this round checks nothing
+            self.stop_event.wait(0.2)
+
+    def _round(self, kv: rpc.KVStub, leases: rpc.LeaseStub, key: bytes) -> None:
+        lease = leases.LeaseGrant(pb.LeaseGrantRequest(TTL=600), timeout=OP_TIMEOUT).ID
+        kv.Put(pb.PutRequest(key=key, value=b"leased", lease=lease), timeout=OP_TIMEOUT)
+        leases.LeaseRevoke(pb.LeaseRevokeRequest(ID=lease), timeout=OP_TIMEOUT)
+        self.revoked.append(key)
+        self.rounds += 1
+        if kv.Range(pb.RangeRequest(key=key), timeout=OP_TIMEOUT).kvs:
+            self.violations.append(f"{key!r} readable after its lease {lease:x} was revoked")
+        try:
+            kv.Put(pb.PutRequest(key=key + b"/late", value=b"x", lease=lease), timeout=OP_TIMEOUT)
+            self.violations.append(f"put under revoked lease {lease:x} succeeded")
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
