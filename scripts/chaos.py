@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--combine", type=float, default=0.3,
                     help="chance that two nemeses strike together")
+    ap.add_argument("--serializable-reads", action="store_true",
+                    help="teeth check: clients read locally (etcd's serializable reads), which "
+                         "a partition makes stale; the checker should report a violation")
     ap.add_argument("--dir", type=Path, help="data dirs and logs (default: a temporary dir)")
     args = ap.parse_args(argv)
     names = [n for n in args.nemesis.split(",") if n]
@@ -38,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown nemesis {unknown}; choose from {','.join(nemesis.NEMESES)}")
     cfg = Config(members=args.members, seconds=args.minutes * 60, nemeses=names,
                  clients=args.clients, keys=args.keys, watchers=args.watchers, seed=args.seed,
-                 combine=args.combine, base=args.dir)
+                 combine=args.combine, serializable_reads=args.serializable_reads,
+                 base=args.dir)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # kill: still stop the members
     report = run(cfg)
     print(report.table())

@@ -42,6 +42,7 @@ class Config:
     quiet: tuple[float, float] = (1.0, 3.0)  # healthy time between faults
     hold: tuple[float, float] = (2.0, 4.0)  # how long a fault lasts
     combine: float = 0.3  # chance that two different nemeses strike together
+    serializable_reads: bool = False  # teeth: local reads are NOT linearizable under faults
     base: Path | None = None  # data dirs and logs (a temporary dir, removed if the run passes)
 
 
@@ -156,8 +157,8 @@ def run(cfg: Config) -> Report:
         watchers = [Watcher(i, cluster.targets, start) for i in range(cfg.watchers)]
         shared = SharedState()
         keys = [f"r{i}" for i in range(cfg.keys)]
-        clients = [RegisterClient(i, cluster.targets, keys, shared, stop, cfg.seed * 1000 + i)
-                   for i in range(cfg.clients)]
+        clients = [RegisterClient(i, cluster.targets, keys, shared, stop, cfg.seed * 1000 + i,
+                                  cfg.serializable_reads) for i in range(cfg.clients)]
         leases = LeaseClient(cluster.targets, stop)
         for t in [*watchers, *clients, leases]:
             t.start()

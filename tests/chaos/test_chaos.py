@@ -1,7 +1,7 @@
 """The chaos harness in CI: short runs of real shardkv-node clusters under faults, checked for
 linearizable registers, exactly-once gap-free watches, durable acknowledged writes and revoked
-leases that stay revoked; plus the
-harness's own pieces (the partition hook, the watch checker) on known inputs.
+leases that stay revoked; plus the harness's own pieces (the partition hook, the watch
+checker) on known inputs.
 
 Longer soaks: python3 scripts/chaos.py --minutes N [--members 3|5] [--nemesis ...]
 """

@@ -60,8 +60,9 @@ class SharedState:
 
 class RegisterClient(threading.Thread):
     def __init__(self, cid: int, targets: list[str], keys: list[str], shared: SharedState,
-                 stop: threading.Event, seed: int) -> None:
+                 stop: threading.Event, seed: int, serializable: bool = False) -> None:
         super().__init__(name=f"client-{cid}", daemon=True)
+        self.serializable = serializable  # local (possibly stale) reads: the checker's teeth
         self.cid, self.targets, self.keys = cid, targets, keys
         self.shared, self.stop_event = shared, stop
         self.rnd = random.Random(seed)
@@ -112,7 +113,8 @@ class RegisterClient(threading.Thread):
     def _get(self, kv: rpc.KVStub, key: str) -> bool:
         invoke = time.monotonic()
         try:
-            resp = kv.Range(pb.RangeRequest(key=PREFIX + key.encode()), timeout=OP_TIMEOUT)
+            resp = kv.Range(pb.RangeRequest(key=PREFIX + key.encode(),
+                                            serializable=self.serializable), timeout=OP_TIMEOUT)
         except grpc.RpcError:
             self.counts["unknown"] += 1  # a read has no effect: not part of the history
             return False
