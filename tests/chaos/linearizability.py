@@ -90,25 +90,54 @@ def _unobserved_writes(ops: list[Op]) -> tuple[list[Op], dict[int, Any]]:
     return out, classes
 
 
-def _candidates(ops: list[Op], by_invoke: list[int], linearized: int,
-                classes: dict[int, Any]) -> list[int]:
-    """Operations that may take effect next: not yet linearized and invoked no later than the
-    earliest return among those not linearized (touching operations count as concurrent).
-    Answered operations first, earliest return first; unknown-outcome ones last, so the search
-    only places an operation that may never have happened when it has to."""
-    rest = [i for i in by_invoke if not linearized >> i & 1]
-    first_return = min((ops[i].complete for i in rest), default=math.inf)
-    cands, seen_classes = [], set()
-    for i in rest:
-        if ops[i].invoke > first_return:
-            break
-        if i in classes:
-            if classes[i] in seen_classes:
+class _Window:
+    """Which operations may take effect next, given the ones already placed (``placed``, kept
+    along the search path). Answered operations are scanned from the first unplaced one in
+    invocation order; unknown-outcome ones (never returning) from a separate short list."""
+
+    def __init__(self, ops: list[Op], classes: dict[int, Any]) -> None:
+        self.ops, self.classes = ops, classes
+        answered = [i for i, op in enumerate(ops) if op.complete != math.inf]
+        self.by_invoke = sorted(answered, key=lambda i: ops[i].invoke)
+        self.by_complete = sorted(answered, key=lambda i: ops[i].complete)
+        self.unknown = sorted((i for i, op in enumerate(ops) if op.complete == math.inf),
+                              key=lambda i: ops[i].invoke)
+        self.placed = bytearray(len(ops))
+
+    def candidates(self, lo_inv: int, lo_ret: int) -> tuple[list[int], int, int]:
+        """(candidates, first unplaced index in by_invoke, first unplaced in by_complete).
+        Candidates: unplaced, invoked no later than the earliest return among the unplaced
+        (touching operations count as concurrent); answered ones first, earliest return first;
+        unknown ones last (only one per class of interchangeable ones), so the search places an
+        operation that may never have happened only when it has to."""
+        ops, placed = self.ops, self.placed
+        while lo_inv < len(self.by_invoke) and placed[self.by_invoke[lo_inv]]:
+            lo_inv += 1
+        while lo_ret < len(self.by_complete) and placed[self.by_complete[lo_ret]]:
+            lo_ret += 1
+        if lo_ret == len(self.by_complete):
+            return [], lo_inv, lo_ret
+        first_return = ops[self.by_complete[lo_ret]].complete
+        cands = []
+        for j in range(lo_inv, len(self.by_invoke)):
+            i = self.by_invoke[j]
+            if ops[i].invoke > first_return:
+                break
+            if not placed[i]:
+                cands.append(i)
+        cands.sort(key=lambda i: (ops[i].complete, ops[i].invoke))
+        seen_classes = set()
+        for i in self.unknown:
+            if ops[i].invoke > first_return:
+                break
+            if placed[i]:
                 continue
-            seen_classes.add(classes[i])
-        cands.append(i)
-    cands.sort(key=lambda i: (ops[i].complete, ops[i].invoke))
-    return cands
+            if i in self.classes:
+                if self.classes[i] in seen_classes:
+                    continue
+                seen_classes.add(self.classes[i])
+            cands.append(i)
+        return cands, lo_inv, lo_ret
 
 
 def check_key(ops: list[Op], initial: Any = None, budget: int = DEFAULT_BUDGET) -> Result:
@@ -117,24 +146,27 @@ def check_key(ops: list[Op], initial: Any = None, budget: int = DEFAULT_BUDGET) 
     is placed (unknown-outcome operations may never have taken effect)."""
     original = ops
     ops, classes = _unobserved_writes(ops)
-    by_invoke = sorted(range(len(ops)), key=lambda i: ops[i].invoke)
-    answered = sum(1 for op in ops if op.complete != math.inf)
-    # frames: (linearized set, state, answered placed, candidates, next candidate)
-    stack = [[0, initial, 0, _candidates(ops, by_invoke, 0, classes), 0]]
+    window = _Window(ops, classes)
+    answered = len(window.by_invoke)
+    cands, lo_inv, lo_ret = window.candidates(0, 0)
+    # frames: [linearized set, state, answered placed, candidates, next candidate, lo_inv, lo_ret]
+    stack = [[0, initial, 0, cands, 0, lo_inv, lo_ret]]
     path: list[int] = []
     best: list[int] = []
-    best_stuck: list[int] = stack[0][3]
+    best_stuck: list[int] = cands
     cache = {(0, initial)}
     steps = 0
     while stack:
         frame = stack[-1]
-        linearized, state, placed, cands, k = frame
-        if placed == answered:
+        linearized, state, n_answered, cands, k, lo_inv, lo_ret = frame
+        if n_answered == answered:
             return Result(True, ops_checked=len(ops))
         if k >= len(cands):
+            if len(path) > len(best):
+                best, best_stuck = list(path), cands
             stack.pop()
             if path:
-                path.pop()
+                window.placed[path.pop()] = 0
             continue
         frame[4] = k + 1
         steps += 1
@@ -144,17 +176,17 @@ def check_key(ops: list[Op], initial: Any = None, budget: int = DEFAULT_BUDGET) 
                           stuck=[original[i] for i in best_stuck])
         i = cands[k]
         ok, new_state = step(state, ops[i])
+        if not ok or (ops[i].complete == math.inf and new_state == state):
+            continue  # cannot go next; or an unknown op with no effect here (as if never)
         nxt = linearized | 1 << i
-        if ops[i].complete == math.inf and new_state == state:
-            continue  # an unknown operation with no effect here: as if it never happened
-        if not ok or (nxt, new_state) in cache:
+        if (nxt, new_state) in cache:
             continue
         cache.add((nxt, new_state))
         path.append(i)
-        nxt_cands = _candidates(ops, by_invoke, nxt, classes)
-        if len(path) > len(best):
-            best, best_stuck = list(path), nxt_cands
-        stack.append([nxt, new_state, placed + (ops[i].complete != math.inf), nxt_cands, 0])
+        window.placed[i] = 1
+        nxt_cands, nxt_inv, nxt_ret = window.candidates(lo_inv, lo_ret)
+        stack.append([nxt, new_state, n_answered + (ops[i].complete != math.inf), nxt_cands, 0,
+                      nxt_inv, nxt_ret])
     return Result(False, ops_checked=len(ops), linearized=[original[i] for i in best],
                   stuck=[original[i] for i in best_stuck])
 
