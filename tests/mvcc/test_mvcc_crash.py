@@ -47,8 +47,12 @@ def run_until_killed(kind: str, path: Path, seed: int) -> tuple[list[list[str]],
                 break
     finally:
         proc.kill()
-        rest, err = proc.communicate(timeout=30)
-    lines += rest.splitlines()  # announcements made while we were not reading
+        # Read the rest through the same buffered reader: lines it already pulled from the
+        # pipe would be lost to communicate(), and their writes would look unacknowledged.
+        rest = proc.stdout.read()
+        err = proc.stderr.read()
+        proc.wait(timeout=30)
+    lines += rest.splitlines(keepends=True)  # announcements made while we were not reading
     acked: list[list[str]] = []
     inflight: list[str] | None = None
     for line in lines:
