@@ -330,6 +330,11 @@ class Member:
         self._waiters[rid] = fut
         self._proposals.append((rid, data))
         self._wake.set()
+        return await self._applied_result(rid, fut)
+
+    async def _applied_result(self, rid: int, fut: asyncio.Future) -> Any:
+        """Wait for request ``rid``'s result, set when this member applies it; etcd's errors
+        when it does not come in time, or when applying it failed."""
         try:
             result = await asyncio.wait_for(fut, self.cfg.request_timeout)
         except asyncio.TimeoutError:
@@ -363,14 +368,7 @@ class Member:
         self._waiters[rid] = fut
         self._conf_changes.append((cc, fut))
         self._wake.set()
-        try:
-            result = await asyncio.wait_for(fut, self.cfg.request_timeout)
-        except asyncio.TimeoutError:
-            raise self._timeout_error() from None
-        finally:
-            self._waiters.pop(rid, None)
-        if isinstance(result, BaseException):
-            raise to_api_error(result)
+        await self._applied_result(rid, fut)
 
     async def transfer_leadership(self, target: int, timeout: float | None = None) -> bool:
         """Ask Raft to hand leadership to ``target``; True once it leads."""
