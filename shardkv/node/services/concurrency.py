@@ -110,11 +110,8 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
     @errors.etcd_errors
     async def Proclaim(self, request: epb.ProclaimRequest, context):
         lk = request.leader
-        txn = kv.TxnRequest(
-            compare=[kv.Compare(result=kv.CompareResult.EQUAL, target=kv.CompareTarget.CREATE,
-                                key=lk.key, create_revision=lk.rev)],
-            success=[kv.RequestOp(request_put=kv.PutRequest(key=lk.key, value=request.value,
-                                                            lease=lk.lease))])
+        put = kv.PutRequest(key=lk.key, value=request.value, lease=lk.lease)
+        txn = _if_still_leader(lk, kv.RequestOp(request_put=put))
         resp = await self.m.propose(txn)
         if not resp.succeeded:
             raise errors.ErrElectionNotLeader
@@ -144,9 +141,16 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
     @errors.etcd_errors
     async def Resign(self, request: epb.ResignRequest, context):
         lk = request.leader
-        txn = kv.TxnRequest(
-            compare=[kv.Compare(result=kv.CompareResult.EQUAL, target=kv.CompareTarget.CREATE,
-                                key=lk.key, create_revision=lk.rev)],
-            success=[kv.RequestOp(request_delete_range=kv.DeleteRangeRequest(key=lk.key))])
+        txn = _if_still_leader(lk, kv.RequestOp(request_delete_range=kv.DeleteRangeRequest(key=lk.key)))
         resp = await self.m.propose(txn)
         return epb.ResignResponse(header=self._header(resp.header.revision))
+
+
+def _if_still_leader(lk: epb.LeaderKey, op: kv.RequestOp) -> kv.TxnRequest:
+    """A txn that runs ``op`` only while ``lk``'s key is the one created at ``lk.rev`` (the
+    campaign that made this caller leader has not been replaced)."""
+    return kv.TxnRequest(
+        compare=[kv.Compare(result=kv.CompareResult.EQUAL, target=kv.CompareTarget.CREATE,
+                            key=lk.key, create_revision=lk.rev)],
+        success=[op],
+    )
