@@ -372,6 +372,12 @@ class Raft:
             if node != self.id:
                 self._send_append(node)
 
+    def flush_appends(self) -> None:
+        """Send the entries appended since the last Ready: one append per follower."""
+        if self.need_bcast and self.role == StateRole.LEADER:
+            self._bcast_append()
+        self.need_bcast = False
+
     def _bcast_heartbeat(self, ctx: bytes) -> None:
         for node, pr in self.prs.items():
             if node != self.id:

@@ -115,9 +115,7 @@ class RawNode:
 
     def ready(self) -> Ready:
         r = self.raft
-        if r.need_bcast and r.role == StateRole.LEADER:
-            r._bcast_append()
-        r.need_bcast = False
+        r.flush_appends()
         log = r.log
         rd = Ready(
             entries=log.unstable_entries(),
