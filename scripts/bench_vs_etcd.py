@@ -60,6 +60,31 @@ def ensure_tools() -> None:
         subprocess.run([str(BENCH_DIR / "build.sh")], check=True)
 
 
+TXN_BUG = 'ModRevision(k), ">=", 0)'
+
+
+def kvbench_for_txn(tmp: Path, log) -> Path:
+    """kvbench's txn-put compares ModRevision ">=" 0, which clientv3 3.4 does not know (it
+    panics "Unknown result op" before sending anything). While ../shared/bench has that, build
+    a copy whose compare is ModRevision ">" -1 (the same always-true compare) into ``tmp``, with
+    build.sh's recipe, and use it for txn-put on both systems."""
+    src = (BENCH_DIR / "kvbench" / "main.go").read_text()
+    if TXN_BUG not in src:
+        return KVBENCH
+    gopath = tmp / "gopath"
+    (gopath / "src" / "kvbench").mkdir(parents=True, exist_ok=True)
+    (gopath / "src" / "kvbench" / "main.go").write_text(
+        src.replace(TXN_BUG, 'ModRevision(k), ">", -1)'))
+    out = tmp / "kvbench-txnfix"
+    env = dict(os.environ, GO111MODULE="off", GOPATH=f"{gopath}:/usr/share/gocode", GOFLAGS="")
+    env.setdefault("GOCACHE", str(Path.home() / ".cache" / "go-build"))
+    subprocess.run(["go", "build", "-o", str(out), "."], cwd=gopath / "src" / "kvbench",
+                   env=env, check=True)
+    log(f"txn-put: kvbench's compare '>=' 0 panics in clientv3 3.4; using {out} "
+        "(compare '>' -1, otherwise identical)")
+    return out
+
+
 def free_ports(n: int) -> list[int]:
     socks, ports = [], []
     for _ in range(n):
@@ -300,8 +325,8 @@ class Sampler:
 
 def kvbench(endpoints: list[str], op: list[str], conns: int, clients: int,
             duration: float | None = None, total: int | None = None,
-            timeout: float = 900) -> dict:
-    cmd = [str(KVBENCH), "--endpoints", ",".join(e.split("://")[-1] for e in endpoints),
+            timeout: float = 900, binary: Path | None = None) -> dict:
+    cmd = [str(binary or KVBENCH), "--endpoints", ",".join(e.split("://")[-1] for e in endpoints),
            "--conns", str(conns), "--clients", str(clients)]
     if duration is not None:
         cmd += ["--duration", f"{duration}s"]
@@ -392,7 +417,8 @@ def run_workload(system: System, w: Workload, args, log) -> dict:
         if w.watch:
             out = kvbench(eps, w.op, w.conns, w.clients, total=args.watch_total)
         else:
-            out = kvbench(eps, w.op, w.conns, w.clients, duration=args.duration)
+            out = kvbench(eps, w.op, w.conns, w.clients, duration=args.duration,
+                          binary=args.txn_kvbench if w.op[0] == "txn-put" else None)
     out.update(role_stats(s, leader, out["ops"]))
     out["endpoints"] = eps
     log(f"[{system.label}] {w.name:20s} {out['qps']:9.0f} qps  p50 {out['p50_ms']:7.2f} ms  "
@@ -672,6 +698,12 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_vs_etcd."))
     log(f"data dirs and logs under {tmp}")
+    args.txn_kvbench = KVBENCH
+    if any(w.op[0] == "txn-put" for w in wls):
+        try:
+            args.txn_kvbench = kvbench_for_txn(tmp, log)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            log(f"could not build the txn-put kvbench copy ({exc}); txn-put will fail")
     systems: list[System] = []
     if not args.skip_etcd:
         systems.append(EtcdCluster(tmp / "etcd", args.members))
@@ -688,7 +720,8 @@ def main() -> int:
         "settings": {"members": args.members, "duration_s": args.duration,
                      "watch_total": args.watch_total, "big_keys": args.big_keys,
                      "endpoints_mode": args.endpoints_mode, "key_size": 8, "value_size": 256,
-                     "workloads": args.selected},
+                     "workloads": args.selected, "kvbench": str(KVBENCH),
+                     "kvbench_txn_put": str(args.txn_kvbench)},
     }
 
     def on_signal(signum, _frame):
