@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 from pathlib import Path
 
 import lmdb
@@ -31,6 +32,25 @@ _INDEX = struct.Struct(">Q")
 _HARD_STATE = b"hard_state"
 _SNAPSHOT = b"snapshot"
 _decode_snapshot = msgspec.msgpack.Decoder(Snapshot).decode
+
+# TEST ONLY (tests/chaos slow-disk nemesis): a file holding a delay in milliseconds that every
+# ``save`` waits before its write transaction, as a slow fsync would; re-read at most every
+# 100 ms. Unset outside those tests: ``save`` then pays one falsy check.
+_TEST_DISK_DELAY = os.environ.get("SHARDKV_TEST_DISK_DELAY")
+_test_delay = [0.0, -1.0]  # [delay in seconds, when the file was last read]
+
+
+def _test_disk_delay() -> None:
+    now = time.monotonic()
+    if now - _test_delay[1] >= 0.1:
+        _test_delay[1] = now
+        try:
+            with open(_TEST_DISK_DELAY) as f:
+                _test_delay[0] = max(0.0, float(f.read().strip() or 0)) / 1000
+        except (OSError, ValueError):
+            _test_delay[0] = 0.0
+    if _test_delay[0]:
+        time.sleep(_test_delay[0])
 
 
 class RaftLog:
@@ -62,6 +82,8 @@ class RaftLog:
         entries when it accepted it), then ``entries`` replace the suffix from
         ``entries[0].index``, then ``hard_state``. One transaction, one sync."""
         _check_contiguous(entries)
+        if _TEST_DISK_DELAY:
+            _test_disk_delay()
         while True:
             try:
                 with self._env.begin(write=True) as txn:
