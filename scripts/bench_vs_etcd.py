@@ -183,7 +183,8 @@ class System:
             except subprocess.TimeoutExpired:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.label} not healthy after {timeout} s; logs in {self.base}")
+                raise RuntimeError(f"{self.label} not healthy after {timeout} s; "
+                                   f"logs in {self.base}")
             time.sleep(0.05)
 
     def endpoints(self) -> str:
@@ -423,7 +424,8 @@ def run_workload(system: System, w: Workload, args, log) -> dict:
     out["endpoints"] = eps
     log(f"[{system.label}] {w.name:20s} {out['qps']:9.0f} qps  p50 {out['p50_ms']:7.2f} ms  "
         f"p99 {out['p99_ms']:7.2f} ms  errors {out['errors']}  "
-        f"cpu {fmt(out['cpu_us_per_op'], 0)} µs/op  peak rss {out['peak_rss_max'] / 2**20:.0f} MiB")
+        f"cpu {fmt(out['cpu_us_per_op'], 0)} µs/op  "
+        f"peak rss {out['peak_rss_max'] / 2**20:.0f} MiB")
     return out
 
 
@@ -480,7 +482,8 @@ def run_big(system: System, args, log) -> dict:
     out.update(grpc_paged(leader, page_n))
     log(f"[{system.label}] disk max {out['disk_bytes_max'] / 2**20:.0f} MiB, rss max "
         f"{out['rss_after_load_max'] / 2**20:.0f} MiB, get --limit {page_n}: "
-        f"{out['etcdctl_limit_s'] * 1000:.0f} ms, paged grpc {out.get('grpc_paged_s', float('nan')) * 1000:.0f} ms")
+        f"{out['etcdctl_limit_s'] * 1000:.0f} ms, "
+        f"paged grpc {out.get('grpc_paged_s', float('nan')) * 1000:.0f} ms")
     return out
 
 
@@ -499,8 +502,9 @@ def grpc_paged(endpoint: str, n: int) -> dict:
         t = time.monotonic()
         key, fetched, pages = b"\x00", 0, 0
         while fetched < n:
-            resp = kv.Range(pb.RangeRequest(key=key, range_end=b"\x00", limit=min(1000, n - fetched),
-                                            keys_only=True), timeout=30)
+            resp = kv.Range(pb.RangeRequest(key=key, range_end=b"\x00",
+                                            limit=min(1000, n - fetched), keys_only=True),
+                            timeout=30)
             pages += 1
             fetched += len(resp.kvs)
             if not resp.kvs or not resp.more:
@@ -644,6 +648,18 @@ def tables(result: dict) -> str:
 
 # --------------------------------------------------------------------------------------------
 
+def git_state() -> str:
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "shardkv"],
+                               capture_output=True, text=True, timeout=10).stdout.split("\n")
+        dirty = [ln[3:] for ln in dirty if ln.strip()]
+        return head + (f" + uncommitted {', '.join(dirty)}" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def main() -> int:
     all_wl = [w.name for w in workloads(None)] + [BIG, START]
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -715,6 +731,8 @@ def main() -> int:
         "command": " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version()},
+        # the shardkv measured is the working tree: record its commit and uncommitted changes
+        "shardkv_tree": git_state(),
         "etcd_version": subprocess.run(["/usr/bin/etcd", "--version"], capture_output=True,
                                        text=True).stdout.splitlines()[0],
         "settings": {"members": args.members, "duration_s": args.duration,
@@ -746,8 +764,8 @@ def main() -> int:
         Path(args.json_out).write_text(json.dumps(result, indent=1, default=str) + "\n")
     if args.markdown_out:
         head = (f"Run {result['date']} — {result['machine']['cpus']} CPUs, loopback, "
-                f"{args.members} members each, {result['etcd_version']}; command: "
-                f"`{result['command']}`\n\n")
+                f"{args.members} members each, {result['etcd_version']}; shardkv "
+                f"{result['shardkv_tree']}; command: `{result['command']}`\n\n")
         Path(args.markdown_out).write_text(head + md + "\n")
     return 0
 
