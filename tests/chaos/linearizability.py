@@ -231,3 +231,82 @@ def describe(result: Result) -> str:
 def _fmt(op: Op) -> str:
     done = "never" if op.complete == math.inf else f"{op.complete:.6f}"
     return f"client {op.client} {op.kind}({op.input!r}) -> {op.output!r}  [{op.invoke:.6f} .. {done}]"
+
+
+# --- shrinking a failing history ------------------------------------------------------------
+
+def _written(op: Op) -> Any:
+    if op.kind == PUT:
+        return op.input
+    if op.kind == CAS and op.output is not False:
+        return op.input[1]
+    return _UNOBSERVED
+
+
+def _needs(op: Op) -> Any:
+    """The value this operation must have seen written (a read's value; a swapped cas's
+    expected value), or _UNOBSERVED."""
+    if op.kind == GET and op.output is not None:
+        return op.output
+    if op.kind == CAS and op.output:
+        return op.input[0]
+    return _UNOBSERVED
+
+
+def reduce(ops: list[Op], result: Result | None = None, budget: int = 20_000,
+           max_seconds: float = 30.0) -> list[Op]:
+    """A small sub-history of a non-linearizable one that is still not linearizable, for a
+    person to read: the failing key only; then the shortest failing window in invocation order
+    (binary searches on its end and its start); then delta debugging (Zeller's ddmin) over the
+    remaining operations, ending 1-minimal when time allows (no single operation can go).
+    Candidates must stay *closed*: a read (or a swapped cas) keeps the write of the value it
+    saw if the original history had one, so the result shows the original anomaly, not a
+    read of a value whose write was cut away. Returns ``ops`` itself if it does not fail."""
+    import time
+    result = result or check(ops, budget=DEFAULT_BUDGET)
+    if result.ok or result.inconclusive:
+        return list(ops)
+    hist = sorted((op for op in ops if op.key == result.key), key=lambda op: op.invoke)
+    writers = {_written(op) for op in hist}
+    deadline = time.monotonic() + max_seconds
+
+    def fails(sub: list[Op]) -> bool:
+        have = {_written(op) for op in sub}
+        if any(_needs(op) in writers and _needs(op) not in have for op in sub):
+            return False
+        r = check_key(sub, budget=budget)
+        return not r.ok and not r.inconclusive
+
+    if not fails(hist):  # the small budget cannot decide it: keep the full key history
+        return hist
+    lo, hi = 1, len(hist)  # shortest failing prefix (heuristic: failure is not monotone)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fails(hist[:mid]) else (mid + 1, hi)
+    cur = hist[:hi] if fails(hist[:hi]) else hist
+    lo, hi = 0, len(cur) - 1  # then the latest start that still fails
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fails(cur[mid:]) else (lo, mid - 1)
+    cur = cur[lo:] if fails(cur[lo:]) else cur
+    n = 2
+    while len(cur) >= 2 and time.monotonic() < deadline:
+        size = -(-len(cur) // n)
+        chunks = [cur[i:i + size] for i in range(0, len(cur), size)]
+        for i in range(len(chunks)):
+            rest = [op for j, ch in enumerate(chunks) if j != i for op in ch]
+            if fails(chunks[i]):
+                cur, n = chunks[i], 2
+                break
+            if fails(rest):
+                cur, n = rest, max(n - 1, 2)
+                break
+        else:
+            if n >= len(cur):
+                break
+            n = min(len(cur), 2 * n)
+    return cur
+
+
+def describe_history(ops: list[Op]) -> str:
+    return "\n".join(f"  {_fmt(op)}" for op in sorted(ops, key=lambda op: op.invoke))
