@@ -2,13 +2,16 @@
 
 A ``ChaosCluster`` wraps ``tests/node/harness.py``: every member gets its own fault file
 (``SHARDKV_TEST_FAULTS``: peer ids whose outgoing messages the transport drops), so a partition
-is written as files and healed by emptying them. Every wait is bounded; ``close`` kills every
-process started here.
+is written as files and healed by emptying them (a one-way partition is a file on one side
+only), and its own disk-delay file (``SHARDKV_TEST_DISK_DELAY``: milliseconds every Raft log
+save waits, as a slow fsync). Membership changes go through etcd's Cluster API. Every wait is
+bounded; ``close`` kills every process started here.
 """
 from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,16 +28,20 @@ import harness  # noqa: E402
 from shardkv.api.etcdserverpb import rpc_pb2 as pb  # noqa: E402
 from shardkv.api.etcdserverpb import rpc_pb2_grpc as rpc  # noqa: E402
 
-NEMESES = ("kill", "kill-leader", "pause", "partition", "move-leader", "crash-all")
+NEMESES = ("kill", "kill-leader", "pause", "partition", "partition-oneway", "bridge",
+           "move-leader", "membership", "slow-disk", "crash-all")
 
 
 @dataclass
 class ChaosNode(harness.Node):
     faults_path: Path | None = None
+    disk_path: Path | None = None
     paused: bool = False
+    learner_next: bool = False  # a re-add after removal joins as a learner first
 
     def start(self) -> None:
-        env = dict(os.environ, SHARDKV_TEST_FAULTS=str(self.faults_path))
+        env = dict(os.environ, SHARDKV_TEST_FAULTS=str(self.faults_path),
+                   SHARDKV_TEST_DISK_DELAY=str(self.disk_path))
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "shardkv.node.cli", *self.args],
@@ -55,6 +62,8 @@ class ChaosNode(harness.Node):
 class ChaosCluster:
     nodes: list[ChaosNode]
     ids: dict[str, int] = field(default_factory=dict)  # member name -> member id
+    token: str = ""
+    notes: list[str] = field(default_factory=list)  # what heals did (the runner shows them)
 
     @property
     def targets(self) -> list[str]:
@@ -126,14 +135,41 @@ class ChaosCluster:
         for n in self.nodes:
             n.faults_path.write_text("")
 
+    def heal_disks(self) -> None:
+        for n in self.nodes:
+            n.disk_path.write_text("0")
+
+    def cluster_call(self, method: str, request, timeout: float = 5.0,
+                     exclude: ChaosNode | None = None):
+        """A Cluster API call through the leader if known, else any live member."""
+        leader = self.leader(3)
+        order = ([leader] if leader is not None else []) + [n for n in self.nodes
+                                                             if n is not leader]
+        last: Exception | None = None
+        for n in order:
+            if n is exclude or not n.alive or n.paused:
+                continue
+            try:
+                with grpc.insecure_channel(n.target) as ch:
+                    return getattr(rpc.ClusterStub(ch), method)(request, timeout=timeout)
+            except grpc.RpcError as exc:
+                last = exc
+        raise last or RuntimeError("no member to ask")
+
+    def members(self) -> list[pb.Member]:
+        return list(self.cluster_call("MemberList", pb.MemberListRequest())
+                    .members)
+
 
 def make_cluster(base: Path, size: int) -> ChaosCluster:
     plain = harness.make_cluster(base, size, token=f"chaos-{os.getpid()}")
     nodes = [ChaosNode(n.name, n.client_port, n.peer_port, n.data_dir, n.log_path, n.args,
-                       faults_path=base / f"{n.name}.faults") for n in plain.nodes]
+                       faults_path=base / f"{n.name}.faults",
+                       disk_path=base / f"{n.name}.disk") for n in plain.nodes]
     for n in nodes:
         n.faults_path.write_text("")
-    return ChaosCluster(nodes)
+        n.disk_path.write_text("0")
+    return ChaosCluster(nodes, token=f"chaos-{os.getpid()}")
 
 
 def start_cluster(base: Path, size: int, timeout: float = 60.0) -> ChaosCluster:
@@ -206,6 +242,164 @@ def partition(c: ChaosCluster, rnd: random.Random) -> tuple[str, Heal]:
     return f"partition ({how}) {names(minority)} | {names(majority)}", c.heal_network
 
 
+def partition_oneway(c: ChaosCluster, rnd: random.Random) -> tuple[str, Heal]:
+    """One direction only: ``node``'s messages to ``peers`` are dropped while theirs still reach
+    it ("mute"), or the other way round ("deaf"). The node is the leader half the time."""
+    leader = c.leader(3)
+    node = leader if leader is not None and rnd.random() < 0.5 else rnd.choice(c.nodes)
+    others = [n for n in c.nodes if n is not node]
+    peers = others if rnd.random() < 0.5 else rnd.sample(others, rnd.randint(1, len(others)))
+    names = "+".join(p.name for p in peers)
+    if rnd.random() < 0.5:
+        c.block(node, peers)
+        how = f"{node.name} -> {names} dropped ({node.name} mute)"
+    else:
+        for p in peers:
+            c.block(p, [node])
+        how = f"{names} -> {node.name} dropped ({node.name} deaf)"
+    role = " (leader)" if node is leader else ""
+    return f"one-way partition{role}: {how}", c.heal_network
+
+
+def bridge(c: ChaosCluster, rnd: random.Random) -> tuple[str, Heal]:
+    """Two halves that cannot talk to each other, both connected to one bridge node: two
+    overlapping majorities (half + bridge), as Jepsen's bridge partition."""
+    nodes = list(c.nodes)
+    rnd.shuffle(nodes)
+    middle, rest = nodes[0], nodes[1:]
+    left, right = rest[:len(rest) // 2], rest[len(rest) // 2:]
+    for n in left:
+        c.block(n, right)
+    for n in right:
+        c.block(n, left)
+    names = lambda side: "+".join(n.name for n in side)  # noqa: E731
+    return (f"bridge {names(left)} | {middle.name} | {names(right)} "
+            f"(only {middle.name} talks to both)"), c.heal_network
+
+
+def slow_disk(c: ChaosCluster, rnd: random.Random) -> tuple[str, Heal]:
+    """Every Raft log save of the leader (or a random member, or all) waits ``ms`` first."""
+    ms = rnd.choice([20, 100, 300, 1000])
+    leader = c.leader(3)
+    roll = rnd.random()
+    victims = ([leader] if leader is not None and roll < 0.4 else
+               list(c.nodes) if roll > 0.8 else [rnd.choice(c.nodes)])
+    for n in victims:
+        n.disk_path.write_text(str(ms))
+    names = "+".join(n.name for n in victims)
+    return f"slow disk {names}: every Raft log save +{ms} ms", c.heal_disks
+
+
+# --- membership: remove a member, wipe it, add it back as a fresh member ------------------
+
+def _peer_urls(m: pb.Member) -> set[str]:
+    return set(m.peerURLs)
+
+
+def _rejoin(c: ChaosCluster, node: ChaosNode, learner: bool, deadline: float) -> str:
+    """``node`` is not a member: kill it, wipe its data dir, add it under a new peer URL (the
+    member id derives from the peer URLs, and a removed id can never come back), start it with
+    ``--initial-cluster-state existing``; a learner is promoted once in sync."""
+    node.kill(signal.SIGKILL)
+    shutil.rmtree(node.data_dir, ignore_errors=True)
+    node.faults_path.write_text("")
+    node.disk_path.write_text("0")
+    node.peer_port = harness.free_ports(1)[0]
+    resp = c.cluster_call("MemberAdd", pb.MemberAddRequest(peerURLs=[node.peer_url],
+                                                           isLearner=learner), timeout=10)
+    c.ids[node.name] = resp.member.ID
+    by_id = {c.ids.get(n.name): n for n in c.nodes}
+    parts = []
+    for m in resp.members:
+        n = by_id.get(m.ID)
+        parts += ([f"{n.name}={n.peer_url}"] if n is not None else
+                  [f"{m.name or '%x' % m.ID}={u}" for u in m.peerURLs])
+    value = {a: node.args[i + 1] for i, a in enumerate(node.args[:-1]) if a.startswith("--")}
+    value.update({
+        "--listen-peer-urls": node.peer_url, "--initial-advertise-peer-urls": node.peer_url,
+        "--initial-cluster": ",".join(parts), "--initial-cluster-state": "existing"})
+    node.args = [x for kv in value.items() for x in kv]
+    node.start()
+    what = f"re-added {node.name} as {'learner' if learner else 'voter'} {resp.member.ID:x}"
+    if learner:
+        while True:
+            try:
+                c.cluster_call("MemberPromote", pb.MemberPromoteRequest(ID=resp.member.ID),
+                               exclude=node)
+                return what + ", promoted"
+            except grpc.RpcError as exc:
+                if time.monotonic() > deadline:
+                    return what + f", NOT promoted ({exc.code().name}: {exc.details()})"
+                time.sleep(0.5)
+    return what
+
+
+def ensure_members(c: ChaosCluster, timeout: float = 60.0) -> None:
+    """Reconcile: every node of ``c`` is a voting member with a running process (re-adding the
+    ones that were removed, promoting learners). What it did goes to ``c.notes``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            members = c.members()
+            break
+        except (grpc.RpcError, RuntimeError) as exc:
+            if time.monotonic() > deadline:
+                c.notes.append(f"membership heal: no member list ({exc})")
+                return
+            time.sleep(0.5)
+    for node in c.nodes:
+        mine = [m for m in members if node.peer_url in _peer_urls(m)]
+        try:
+            if not mine:
+                c.notes.append(_rejoin(c, node, node.learner_next, deadline))
+            elif mine[0].isLearner:
+                c.cluster_call("MemberPromote", pb.MemberPromoteRequest(ID=mine[0].ID))
+                c.notes.append(f"promoted learner {node.name}")
+            elif not node.alive:
+                node.start()
+        except grpc.RpcError as exc:
+            c.notes.append(f"membership heal of {node.name} failed: {exc.code().name} "
+                           f"{exc.details()}")
+
+
+def membership(c: ChaosCluster, rnd: random.Random) -> tuple[str, Heal]:
+    """MemberRemove a random live follower (it stops itself; it is killed if it does not);
+    the heal wipes its data dir and adds it back as a new member (a voter, or a learner then
+    promoted), which catches up from the leader's log or a snapshot of it."""
+    leader = c.leader(5)
+    followers = [n for n in c.nodes if n is not leader and n.alive and not n.paused]
+    if leader is None or not followers:
+        heal = lambda: ensure_members(c)  # noqa: E731
+        heal.late = True
+        return "membership (no leader)", heal
+    victim = rnd.choice(followers)
+    victim.learner_next = rnd.random() < 0.5
+    mid = c.ids[victim.name]
+    try:
+        try:
+            c.cluster_call("MemberRemove", pb.MemberRemoveRequest(ID=mid), timeout=10,
+                           exclude=victim)
+        except grpc.RpcError as exc:  # e.g. the leader just changed: once more
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise
+            time.sleep(1.0)
+            c.cluster_call("MemberRemove", pb.MemberRemoveRequest(ID=mid), timeout=10,
+                           exclude=victim)
+        outcome = "ok"
+        deadline = time.monotonic() + 10
+        while victim.alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+        outcome += ", it stopped" if not victim.alive else ", still running: killed"
+        victim.kill(signal.SIGKILL)
+    except grpc.RpcError as exc:
+        outcome = f"error {exc.code().name} {exc.details()!r} (the heal re-adds it if it went)"
+
+    def heal() -> None:
+        ensure_members(c)
+    heal.late = True  # after every other heal: re-adding needs a quorum
+    return f"member remove {victim.name} ({mid:x}): {outcome}", heal
+
+
 def move_leader(c: ChaosCluster, rnd: random.Random) -> tuple[str, Heal]:
     leader = c.leader(5)
     followers = [n for n in c.nodes if n is not leader and n.alive and not n.paused]
@@ -233,5 +427,6 @@ def crash_all(c: ChaosCluster, rnd: random.Random) -> tuple[str, Heal]:
 
 FAULTS: dict[str, Callable[[ChaosCluster, random.Random], tuple[str, Heal]]] = {
     "kill": kill, "kill-leader": kill_leader, "pause": pause, "partition": partition,
-    "move-leader": move_leader, "crash-all": crash_all,
+    "partition-oneway": partition_oneway, "bridge": bridge, "move-leader": move_leader,
+    "membership": membership, "slow-disk": slow_disk, "crash-all": crash_all,
 }

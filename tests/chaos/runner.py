@@ -20,11 +20,12 @@ from pathlib import Path
 import grpc
 
 import nemesis
-from checks import Verdict, check_durability, check_leases, check_reference, check_watch
-from linearizability import check, describe
+from checks import (Verdict, check_durability, check_leases, check_locks, check_reference,
+                    check_watch)
+from linearizability import check, describe, describe_history, reduce
 from shardkv.api.etcdserverpb import rpc_pb2 as pb
 from shardkv.api.etcdserverpb import rpc_pb2_grpc as rpc
-from workload import OP_TIMEOUT, LeaseClient, RegisterClient, SharedState, Watcher
+from workload import OP_TIMEOUT, LeaseClient, LockClient, RegisterClient, SharedState, Watcher
 
 HEAL_TIMEOUT = 60.0  # a healed cluster that does not serve within this is a liveness failure
 
@@ -38,6 +39,7 @@ class Config:
     clients: int = 4
     keys: int = 3
     watchers: int = 2
+    lockers: int = 2  # v3lock clients writing a fenced key
     seed: int = 0
     quiet: tuple[float, float] = (1.0, 3.0)  # healthy time between faults
     hold: tuple[float, float] = (2.0, 4.0)  # how long a fault lasts
@@ -107,8 +109,12 @@ def _fault_phase(cfg: Config, cluster: nemesis.ChaosCluster, rnd: random.Random,
             report.faults.append(f"{time.monotonic() - t0:6.1f}s {desc}")
             heals.append(heal)
         time.sleep(rnd.uniform(*cfg.hold))
-        for heal in reversed(heals):
+        # reverse order; a membership heal (re-adding a member needs a quorum) goes last
+        for heal in sorted(reversed(heals), key=lambda h: getattr(h, "late", False)):
             heal()
+        for note in cluster.notes:
+            report.faults.append(f"{time.monotonic() - t0:6.1f}s   heal: {note}")
+        cluster.notes.clear()
         if not cluster.wait_healthy(HEAL_TIMEOUT):
             report.verdicts.append(Verdict("liveness", False, problems=[
                 f"not serving {HEAL_TIMEOUT:.0f}s after healing {picks}"]))
@@ -160,13 +166,15 @@ def run(cfg: Config) -> Report:
         clients = [RegisterClient(i, cluster.targets, keys, shared, stop, cfg.seed * 1000 + i,
                                   cfg.serializable_reads) for i in range(cfg.clients)]
         leases = LeaseClient(cluster.targets, stop)
-        for t in [*watchers, *clients, leases]:
+        lockers = [LockClient(i, cluster.targets, stop, cfg.seed * 1000 + 500 + i)
+                   for i in range(cfg.lockers)]
+        for t in [*watchers, *clients, leases, *lockers]:
             t.start()
         _fault_phase(cfg, cluster, rnd, report, t0)
         time.sleep(1.0)  # some healthy traffic after the last fault
         stop.set()
-        for c in [*clients, leases]:
-            c.join(4 * OP_TIMEOUT + 10)
+        for c in [*clients, leases, *lockers]:
+            c.join(4 * OP_TIMEOUT + 15)
         if any(v.name == "liveness" for v in report.verdicts):
             return report
         final = _current_revision(cluster)
@@ -185,8 +193,11 @@ def run(cfg: Config) -> Report:
         after = _current_revision(cluster)
         reference = _reference(cluster, start, max(final, after))
         _check_all(report, cluster.nodes[0].target, clients, watchers, reference, start,
-                   final, after)
+                   final, after, lockers)
         report.verdicts.append(check_leases(cluster.nodes[0].target, leases))
+        fencing, info = check_locks(reference, [t for lk in lockers for t in lk.tenures])
+        report.verdicts.append(fencing)
+        report.details.append(info)
         return report
     finally:
         stop.set()
@@ -199,7 +210,8 @@ def run(cfg: Config) -> Report:
 
 
 def _check_all(report: Report, target: str, clients: list[RegisterClient], watchers: list[Watcher],
-               reference: list, start: int, final: int, after: int) -> None:
+               reference: list, start: int, final: int, after: int,
+               lockers: list[LockClient] = ()) -> None:
     ops = [op for c in clients for op in c.ops]
     report.ops = sum(sum(c.counts.values()) for c in clients)
     for c in clients:
@@ -215,6 +227,12 @@ def _check_all(report: Report, target: str, clients: list[RegisterClient], watch
     else:
         report.verdicts.append(Verdict("linearizable registers", lin.ok, lin.ops_checked,
                                        [] if lin.ok else describe(lin).splitlines()))
+        if not lin.ok:  # shrink the failure to a history a person can read
+            small = reduce(ops, lin)
+            (report.base / "reduced.pickle").write_bytes(pickle.dumps(small))
+            report.details.append(f"reduced failing history ({len(small)} of {len(ops)} "
+                                  f"operations, key {lin.key!r}; reduced.pickle):")
+            report.details.append(describe_history(small))
     ref = check_reference(reference, start, after)
     if after < final:
         ref.add(f"revision went back from {final} to {after} across the restart")
@@ -223,5 +241,5 @@ def _check_all(report: Report, target: str, clients: list[RegisterClient], watch
         events = [e for e in w.events if e.mod_revision <= final]
         report.verdicts.append(check_watch(f"watch {i} ({w.reconnects} resumes)", events,
                                            reference, start, final, w.errors))
-    acked = [a for c in clients for a in c.acked]
+    acked = [a for c in [*clients, *lockers] for a in c.acked]
     report.verdicts.append(check_durability(target, acked, reference))

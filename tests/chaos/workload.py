@@ -8,6 +8,9 @@
   dropped (a read has no effect). Acknowledged writes are kept with their revision.
 * ``Watcher``: a watch on ``PREFIX`` that resumes from its last revision + 1 after every
   disconnect, rotating through the members.
+* ``LeaseClient``: grant, put under the lease, revoke, read back.
+* ``LockClient``: etcd's v3lock Lock/Unlock with a fencing token (the lock key's create
+  revision) and writes guarded by a Txn on the lock key.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import grpc
 from linearizability import CAS, GET, PUT, Op
 from shardkv.api.etcdserverpb import rpc_pb2 as pb
 from shardkv.api.etcdserverpb import rpc_pb2_grpc as rpc
+from shardkv.api.v3lockpb import v3lock_pb2, v3lock_pb2_grpc
 
 PREFIX = b"chaos/"
 PREFIX_END = b"chaos0"  # PREFIX with its last byte + 1
@@ -285,3 +289,81 @@ class LeaseClient(threading.Thread):
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise
+
+
+LOCK_NAME = PREFIX + b"lock/L"  # v3lock keys: LOCK_NAME + b"/" + lease id in hex
+FENCED_KEY = PREFIX + b"fenced/L"  # written only by lock holders, guarded by their lock key
+LOCK_TTL = 4  # seconds: a holder that dies (or is cut off) loses the lock this long after
+
+
+@dataclass
+class Tenure:
+    """One acquisition as the client saw it: ``token`` is the lock key's create revision (the
+    fencing token); real-time [acquired, released]; the guarded writes it tried."""
+    client: int
+    key: bytes
+    token: int
+    acquired: float
+    released: float = math.inf
+    writes: int = 0
+    fenced_off: int = 0  # guarded writes refused: the lock key was gone (lease expired)
+
+
+class LockClient(threading.Thread):
+    """etcd's v3lock: LeaseGrant, Lock (blocks until ours is the oldest key under the name),
+    read our key's create revision (the fencing token), then a few writes of FENCED_KEY each
+    guarded by a Txn that compares our lock key's create revision (etcd's recommended pattern:
+    the write lands only while we still hold the lock), then Unlock and LeaseRevoke. A holder
+    that errors out just walks away: its lease expires."""
+
+    def __init__(self, cid: int, targets: list[str], stop: threading.Event, seed: int) -> None:
+        super().__init__(name=f"locker-{cid}", daemon=True)
+        self.cid, self.targets, self.stop_event = cid, targets, stop
+        self.rnd = random.Random(seed)
+        self.tenures: list[Tenure] = []
+        self.acked: list[Write] = []
+        self.errors = 0
+        self._n = 0
+        self._target = cid % len(targets)
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            target = self.targets[self._target]
+            try:
+                with grpc.insecure_channel(target) as ch:
+                    self._round(rpc.KVStub(ch), rpc.LeaseStub(ch), v3lock_pb2_grpc.LockStub(ch))
+            except grpc.RpcError:
+                self.errors += 1
+                self._target = (self._target + 1) % len(self.targets)
+            self.stop_event.wait(self.rnd.uniform(0.0, 0.3))
+
+    def _round(self, kv, leases, locks) -> None:
+        lease = leases.LeaseGrant(pb.LeaseGrantRequest(TTL=LOCK_TTL), timeout=OP_TIMEOUT).ID
+        key = locks.Lock(v3lock_pb2.LockRequest(name=LOCK_NAME, lease=lease), timeout=10).key
+        acquired = time.monotonic()
+        got = kv.Range(pb.RangeRequest(key=key), timeout=OP_TIMEOUT).kvs
+        if not got:
+            return  # already lost (lease expired): nothing to fence
+        tenure = Tenure(self.cid, key, got[0].create_revision, acquired)
+        self.tenures.append(tenure)
+        try:
+            for _ in range(self.rnd.randint(1, 3)):
+                self._n += 1
+                value = f"{tenure.token}:{self.cid}:{self._n}"
+                req = pb.TxnRequest(
+                    compare=[pb.Compare(key=key, target=pb.Compare.CREATE,
+                                        result=pb.Compare.EQUAL, create_revision=tenure.token)],
+                    success=[pb.RequestOp(request_put=pb.PutRequest(key=FENCED_KEY,
+                                                                   value=value.encode()))])
+                tenure.writes += 1
+                resp = kv.Txn(req, timeout=OP_TIMEOUT)
+                if not resp.succeeded:
+                    tenure.fenced_off += 1
+                    return
+                self.acked.append(Write(FENCED_KEY[len(PREFIX):].decode(), value,
+                                        resp.header.revision))
+                time.sleep(self.rnd.uniform(0.0, 0.3))
+        finally:
+            tenure.released = time.monotonic()
+        locks.Unlock(v3lock_pb2.UnlockRequest(key=key), timeout=OP_TIMEOUT)
+        leases.LeaseRevoke(pb.LeaseRevokeRequest(ID=lease), timeout=OP_TIMEOUT)
