@@ -1,9 +1,11 @@
 """Jepsen-style fault soak of a real shardkv-node cluster on loopback (see tests/chaos/).
 
     python3 scripts/chaos.py --minutes 5 --members 5 --nemesis kill,pause,partition
-    nemeses: kill, kill-leader, pause, partition, move-leader, crash-all
+    nemeses: kill, kill-leader, pause, partition, partition-oneway, bridge, move-leader,
+             membership, slow-disk, crash-all
 
-Prints the summary table; exits 1 on any checker violation (member logs are kept).
+Prints the summary table; exits 1 on any checker violation (member logs are kept, with
+history.pickle and, on a linearizability violation, reduced.pickle: the shrunk history).
 """
 from __future__ import annotations
 
@@ -27,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--keys", type=int, default=3)
     ap.add_argument("--watchers", type=int, default=2)
+    ap.add_argument("--lockers", type=int, default=2,
+                    help="v3lock clients writing a fenced key (0: no lock workload)")
+    ap.add_argument("--snapshot-count", type=int, default=None,
+                    help="members' --snapshot-count (small: a re-added member gets a snapshot)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--combine", type=float, default=0.3,
                     help="chance that two nemeses strike together")
@@ -40,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not names:
         ap.error(f"unknown nemesis {unknown}; choose from {','.join(nemesis.NEMESES)}")
     cfg = Config(members=args.members, seconds=args.minutes * 60, nemeses=names,
-                 clients=args.clients, keys=args.keys, watchers=args.watchers, seed=args.seed,
+                 clients=args.clients, keys=args.keys, watchers=args.watchers,
+                 lockers=args.lockers, seed=args.seed, snapshot_count=args.snapshot_count,
                  combine=args.combine, serializable_reads=args.serializable_reads,
                  base=args.dir)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # kill: still stop the members

@@ -38,6 +38,7 @@ class ChaosNode(harness.Node):
     disk_path: Path | None = None
     paused: bool = False
     learner_next: bool = False  # a re-add after removal joins as a learner first
+    rejoins: int = 0  # times wiped and added back as a new member
 
     def start(self) -> None:
         env = dict(os.environ, SHARDKV_TEST_FAULTS=str(self.faults_path),
@@ -161,8 +162,8 @@ class ChaosCluster:
                     .members)
 
 
-def make_cluster(base: Path, size: int) -> ChaosCluster:
-    plain = harness.make_cluster(base, size, token=f"chaos-{os.getpid()}")
+def make_cluster(base: Path, size: int, extra: list[str] | None = None) -> ChaosCluster:
+    plain = harness.make_cluster(base, size, extra, token=f"chaos-{os.getpid()}")
     nodes = [ChaosNode(n.name, n.client_port, n.peer_port, n.data_dir, n.log_path, n.args,
                        faults_path=base / f"{n.name}.faults",
                        disk_path=base / f"{n.name}.disk") for n in plain.nodes]
@@ -172,8 +173,9 @@ def make_cluster(base: Path, size: int) -> ChaosCluster:
     return ChaosCluster(nodes, token=f"chaos-{os.getpid()}")
 
 
-def start_cluster(base: Path, size: int, timeout: float = 60.0) -> ChaosCluster:
-    cluster = make_cluster(base, size)
+def start_cluster(base: Path, size: int, timeout: float = 60.0,
+                  extra: list[str] | None = None) -> ChaosCluster:
+    cluster = make_cluster(base, size, extra)
     try:
         for n in cluster.nodes:
             n.start()
@@ -320,6 +322,7 @@ def _rejoin(c: ChaosCluster, node: ChaosNode, learner: bool, deadline: float) ->
         "--initial-cluster": ",".join(parts), "--initial-cluster-state": "existing"})
     node.args = [x for kv in value.items() for x in kv]
     node.start()
+    node.rejoins += 1
     what = f"re-added {node.name} as {'learner' if learner else 'voter'} {resp.member.ID:x}"
     if learner:
         while True:

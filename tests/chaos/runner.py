@@ -44,6 +44,7 @@ class Config:
     quiet: tuple[float, float] = (1.0, 3.0)  # healthy time between faults
     hold: tuple[float, float] = (2.0, 4.0)  # how long a fault lasts
     combine: float = 0.3  # chance that two different nemeses strike together
+    snapshot_count: int | None = None  # --snapshot-count (small: re-added members get snapshots)
     serializable_reads: bool = False  # teeth: local reads are NOT linearizable under faults
     base: Path | None = None  # data dirs and logs (a temporary dir, removed if the run passes)
 
@@ -139,8 +140,9 @@ def _catch_up(watchers: list[Watcher], final: int, timeout: float = 40.0) -> Non
         time.sleep(0.1)
 
 
-def _reference(cluster: nemesis.ChaosCluster, start: int, final: int) -> list:
-    w = Watcher(0, [cluster.nodes[0].target], start)
+def _reference(cluster: nemesis.ChaosCluster, start: int, final: int,
+               source: nemesis.ChaosNode) -> list:
+    w = Watcher(0, [source.target], start)
     w.start()
     _catch_up([w], final)
     w.stop()
@@ -154,7 +156,8 @@ def run(cfg: Config) -> Report:
     rnd = random.Random(cfg.seed)
     base = cfg.base or Path(tempfile.mkdtemp(prefix="shardkv-chaos-"))
     report = Report(cfg, base=base)
-    cluster = nemesis.start_cluster(base, cfg.members)
+    extra = [] if cfg.snapshot_count is None else ["--snapshot-count", str(cfg.snapshot_count)]
+    cluster = nemesis.start_cluster(base, cfg.members, extra=extra)
     stop = threading.Event()
     clients: list[RegisterClient] = []
     watchers: list[Watcher] = []
@@ -191,10 +194,16 @@ def run(cfg: Config) -> Report:
                 "cluster does not serve after the final whole-cluster restart"]))
             return report
         after = _current_revision(cluster)
-        reference = _reference(cluster, start, max(final, after))
-        _check_all(report, cluster.nodes[0].target, clients, watchers, reference, start,
+        # read the history back from a member that was wiped and re-added, if any: all it
+        # has came from the leader's log or a snapshot of it
+        source = max(cluster.nodes, key=lambda n: n.rejoins)
+        reference = _reference(cluster, start, max(final, after), source)
+        if source.rejoins:
+            report.details.append(f"history read back from {source.name} (wiped and re-added "
+                                  f"{source.rejoins} times)")
+        _check_all(report, source.target, clients, watchers, reference, start,
                    final, after, lockers)
-        report.verdicts.append(check_leases(cluster.nodes[0].target, leases))
+        report.verdicts.append(check_leases(source.target, leases))
         fencing, info = check_locks(reference, [t for lk in lockers for t in lk.tenures])
         report.verdicts.append(fencing)
         report.details.append(info)

@@ -94,11 +94,12 @@ def test_partition_hook_isolates_the_leader(tmp_path):
         cluster.close()
 
 
-def _assert_passes(cfg: Config) -> None:
+def _assert_passes(cfg: Config):
     report = run(cfg)
     print(report.table())
     assert report.ok, report.table()
     assert len(report.faults) >= 3 and report.counts.get("ok", 0) >= 20, report.table()
+    return report
 
 
 def test_three_members_under_kills_pauses_partitions_and_transfers():
@@ -109,8 +110,10 @@ def test_three_members_under_kills_pauses_partitions_and_transfers():
 def test_three_members_under_membership_changes_slow_disks_and_odd_partitions():
     """Remove a member / wipe it / add it back (voter, or learner then promoted), a slow Raft
     log fsync, one-way and bridge partitions; the cluster ends with its original members."""
-    _assert_passes(Config(members=3, seconds=20, seed=4, combine=0.3, nemeses=[
-        "membership", "slow-disk", "partition-oneway", "bridge"]))
+    report = _assert_passes(Config(members=3, seconds=20, seed=4, combine=0.3,
+                                   snapshot_count=500, nemeses=[
+                                       "membership", "slow-disk", "partition-oneway", "bridge"]))
+    assert any("re-added" in f for f in report.faults), report.table()
 
 
 def test_five_members_under_combined_faults_and_whole_cluster_crash():
