@@ -39,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--serializable-reads", action="store_true",
                     help="teeth check: clients read locally (etcd's serializable reads), which "
                          "a partition makes stale; the checker should report a violation")
+    ap.add_argument("--unfenced-locks", action="store_true",
+                    help="teeth check: lock holders write without the Txn guard; a holder that "
+                         "stalled past its lease then writes inside its successor's tenure "
+                         "and the lock fencing checker should report it")
     ap.add_argument("--dir", type=Path, help="data dirs and logs (default: a temporary dir)")
     args = ap.parse_args(argv)
     names = [n for n in args.nemesis.split(",") if n]
@@ -49,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                  clients=args.clients, keys=args.keys, watchers=args.watchers,
                  lockers=args.lockers, seed=args.seed, snapshot_count=args.snapshot_count,
                  combine=args.combine, serializable_reads=args.serializable_reads,
+                 unfenced_locks=args.unfenced_locks,
                  base=args.dir)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # kill: still stop the members
     report = run(cfg)

@@ -113,7 +113,8 @@ def check_leases(target: str, client: LeaseClient, timeout: float = 5.0) -> Verd
     return v
 
 
-def check_locks(reference: list[Event], tenures: list[Tenure]) -> tuple[Verdict, str]:
+def check_locks(reference: list[Event], tenures: list[Tenure],
+                stalls: int = 0) -> tuple[Verdict, str]:
     """The fencing check over the reference history (see the module docstring), and a line on
     real-time overlaps: etcd's locks are leases, so a paused or cut-off holder can still think
     it holds the lock after its lease expired and the next one got it; that is expected, and
@@ -135,8 +136,10 @@ def check_locks(reference: list[Event], tenures: list[Tenure]) -> tuple[Verdict,
             token, cid = (int(x) for x in e.value.split(":")[:2])
             owner = min(live.values()) if live else None
             if owner != token:
+                held = "no lock key was live" if owner is None else \
+                    f"the lock owner was the key created at {owner}"
                 v.add(f"revision {e.mod_revision}: guarded write {e.value!r} (token {token}) "
-                      f"but the lock owner then was the key created at {owner}")
+                      f"but then {held}")
             if token < last:
                 v.add(f"revision {e.mod_revision}: token {token} after token {last} "
                       f"(a holder wrote after its successor)")
@@ -148,8 +151,9 @@ def check_locks(reference: list[Event], tenures: list[Tenure]) -> tuple[Verdict,
     overlaps = sum(1 for i, a in enumerate(ordered) for b in ordered[i + 1:]
                    if b.acquired < a.released and a.client != b.client)
     fenced_off = sum(t.fenced_off for t in tenures)
-    info = (f"locks: {len(tenures)} holds, {v.checked} guarded writes committed, {fenced_off} "
-            f"refused (lock lost); holds overlapping in real time: {overlaps} (etcd locks are "
+    info = (f"locks: {len(tenures)} holds ({stalls} holders stalled past their lease), "
+            f"{v.checked} guarded writes committed, {fenced_off} refused (lock lost); holds "
+            f"overlapping in real time: {overlaps} (etcd locks are "
             f"leases, not mutually exclusive in real time under pauses; the fencing check is "
             f"what must pass)")
     return v, info

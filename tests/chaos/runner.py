@@ -46,6 +46,7 @@ class Config:
     combine: float = 0.3  # chance that two different nemeses strike together
     snapshot_count: int | None = None  # --snapshot-count (small: re-added members get snapshots)
     serializable_reads: bool = False  # teeth: local reads are NOT linearizable under faults
+    unfenced_locks: bool = False  # teeth: lock holders write without the Txn guard
     base: Path | None = None  # data dirs and logs (a temporary dir, removed if the run passes)
 
 
@@ -169,8 +170,8 @@ def run(cfg: Config) -> Report:
         clients = [RegisterClient(i, cluster.targets, keys, shared, stop, cfg.seed * 1000 + i,
                                   cfg.serializable_reads) for i in range(cfg.clients)]
         leases = LeaseClient(cluster.targets, stop)
-        lockers = [LockClient(i, cluster.targets, stop, cfg.seed * 1000 + 500 + i)
-                   for i in range(cfg.lockers)]
+        lockers = [LockClient(i, cluster.targets, stop, cfg.seed * 1000 + 500 + i,
+                              fenced=not cfg.unfenced_locks) for i in range(cfg.lockers)]
         for t in [*watchers, *clients, leases, *lockers]:
             t.start()
         _fault_phase(cfg, cluster, rnd, report, t0)
@@ -204,7 +205,8 @@ def run(cfg: Config) -> Report:
         _check_all(report, source.target, clients, watchers, reference, start,
                    final, after, lockers)
         report.verdicts.append(check_leases(source.target, leases))
-        fencing, info = check_locks(reference, [t for lk in lockers for t in lk.tenures])
+        fencing, info = check_locks(reference, [t for lk in lockers for t in lk.tenures],
+                                    sum(lk.stalls for lk in lockers))
         report.verdicts.append(fencing)
         report.details.append(info)
         return report

@@ -62,8 +62,9 @@ def test_lock_checker_accepts_fenced_writes_in_tenure_order():
 
 
 @pytest.mark.parametrize("writes, what", [
-    ([(12, "11:1:1")], "owner"),  # b writes while a still holds the lock
-    ([(15, "10:0:1")], "owner"),  # a writes after its key is gone
+    ([(12, "11:1:1")], "lock owner"),  # b writes while a still holds the lock
+    ([(15, "10:0:1")], "lock owner"),  # a writes after its key is gone (b holds it)
+    ([(21, "11:1:1")], "no lock key"),  # b writes after its key is gone
     ([(12, "10:0:1"), (15, "11:1:2"), (16, "10:0:3")], "after token"),
 ])
 def test_lock_checker_catches(writes, what):

@@ -314,11 +314,17 @@ class LockClient(threading.Thread):
     read our key's create revision (the fencing token), then a few writes of FENCED_KEY each
     guarded by a Txn that compares our lock key's create revision (etcd's recommended pattern:
     the write lands only while we still hold the lock), then Unlock and LeaseRevoke. A holder
-    that errors out just walks away: its lease expires."""
+    that errors out just walks away: its lease expires. Before a write a holder may stall for
+    longer than its lease (``STALL``): the write must then be refused."""
 
-    def __init__(self, cid: int, targets: list[str], stop: threading.Event, seed: int) -> None:
+    STALL = 0.1  # chance that a holder stalls past its lease before a write (a GC pause)
+
+    def __init__(self, cid: int, targets: list[str], stop: threading.Event, seed: int,
+                 fenced: bool = True) -> None:
         super().__init__(name=f"locker-{cid}", daemon=True)
         self.cid, self.targets, self.stop_event = cid, targets, stop
+        self.fenced = fenced  # False: plain puts (teeth: the fencing checker must object)
+        self.stalls = 0
         self.rnd = random.Random(seed)
         self.tenures: list[Tenure] = []
         self.acked: list[Write] = []
@@ -350,11 +356,15 @@ class LockClient(threading.Thread):
             for _ in range(self.rnd.randint(1, 3)):
                 self._n += 1
                 value = f"{tenure.token}:{self.cid}:{self._n}"
+                if self.rnd.random() < self.STALL:  # the holder stalls; its lease expires
+                    self.stalls += 1
+                    time.sleep(LOCK_TTL + 1.5)
+                put = pb.PutRequest(key=FENCED_KEY, value=value.encode())
                 req = pb.TxnRequest(
                     compare=[pb.Compare(key=key, target=pb.Compare.CREATE,
-                                        result=pb.Compare.EQUAL, create_revision=tenure.token)],
-                    success=[pb.RequestOp(request_put=pb.PutRequest(key=FENCED_KEY,
-                                                                   value=value.encode()))])
+                                        result=pb.Compare.EQUAL, create_revision=tenure.token)]
+                    if self.fenced else [],
+                    success=[pb.RequestOp(request_put=put)])
                 tenure.writes += 1
                 resp = kv.Txn(req, timeout=OP_TIMEOUT)
                 if not resp.succeeded:
