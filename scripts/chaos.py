@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keys", type=int, default=3)
     ap.add_argument("--watchers", type=int, default=2)
     ap.add_argument("--lockers", type=int, default=2,
-                    help="v3lock clients writing a fenced key (0: no lock workload)")
+                    help="v3lock clients, and as many client-side mutex clients, writing "
+                         "fenced keys (0: no lock workload)")
     ap.add_argument("--snapshot-count", type=int, default=None,
                     help="members' --snapshot-count (small: a re-added member gets a snapshot)")
     ap.add_argument("--seed", type=int, default=0)

@@ -19,7 +19,8 @@ import grpc
 
 from shardkv.api.etcdserverpb import rpc_pb2 as pb
 from shardkv.api.etcdserverpb import rpc_pb2_grpc as rpc
-from workload import FENCED_KEY, LEASE_PREFIX, LOCK_NAME, PREFIX, Event, LeaseClient, Tenure, Write
+from workload import (FENCED_KEYS, LEASE_PREFIX, LOCK_NAMES, PREFIX, Event, LeaseClient, Tenure,
+                      Write)
 
 MAX_SHOWN = 8
 
@@ -113,16 +114,17 @@ def check_leases(target: str, client: LeaseClient, timeout: float = 5.0) -> Verd
     return v
 
 
-def check_locks(reference: list[Event], tenures: list[Tenure],
-                stalls: int = 0) -> tuple[Verdict, str]:
+def check_locks(reference: list[Event], tenures: list[Tenure], stalls: int = 0,
+                kind: str = "v3lock") -> tuple[Verdict, str]:
     """The fencing check over the reference history (see the module docstring), and a line on
     real-time overlaps: etcd's locks are leases, so a paused or cut-off holder can still think
     it holds the lock after its lease expired and the next one got it; that is expected, and
     is why the guarded writes must be fenced. Not a failure."""
-    lock_prefix = LOCK_NAME[len(PREFIX):].decode() + "/"
-    fenced = FENCED_KEY[len(PREFIX):].decode()
+    lock_prefix = LOCK_NAMES[kind][len(PREFIX):].decode() + "/"
+    fenced = FENCED_KEYS[kind][len(PREFIX):].decode()
+    tenures = [t for t in tenures if t.kind == kind]
     holder = {t.token: t.client for t in tenures}
-    v = Verdict(f"lock fencing ({len(tenures)} holds)", True)
+    v = Verdict(f"{kind} fencing ({len(tenures)} holds)", True)
     live: dict[str, int] = {}  # lock key -> create revision
     last = 0
     for e in sorted(reference, key=lambda e: e.mod_revision):
@@ -151,7 +153,7 @@ def check_locks(reference: list[Event], tenures: list[Tenure],
     overlaps = sum(1 for i, a in enumerate(ordered) for b in ordered[i + 1:]
                    if b.acquired < a.released and a.client != b.client)
     fenced_off = sum(t.fenced_off for t in tenures)
-    info = (f"locks: {len(tenures)} holds ({stalls} holders stalled past their lease), "
+    info = (f"{kind}: {len(tenures)} holds ({stalls} holders stalled past their lease), "
             f"{v.checked} guarded writes committed, {fenced_off} refused (lock lost); holds "
             f"overlapping in real time: {overlaps} (etcd locks are "
             f"leases, not mutually exclusive in real time under pauses; the fencing check is "

@@ -39,7 +39,7 @@ class Config:
     clients: int = 4
     keys: int = 3
     watchers: int = 2
-    lockers: int = 2  # v3lock clients writing a fenced key
+    lockers: int = 2  # v3lock clients, and as many mutex clients, writing a fenced key
     seed: int = 0
     quiet: tuple[float, float] = (1.0, 3.0)  # healthy time between faults
     hold: tuple[float, float] = (2.0, 4.0)  # how long a fault lasts
@@ -170,8 +170,9 @@ def run(cfg: Config) -> Report:
         clients = [RegisterClient(i, cluster.targets, keys, shared, stop, cfg.seed * 1000 + i,
                                   cfg.serializable_reads) for i in range(cfg.clients)]
         leases = LeaseClient(cluster.targets, stop)
-        lockers = [LockClient(i, cluster.targets, stop, cfg.seed * 1000 + 500 + i,
-                              fenced=not cfg.unfenced_locks) for i in range(cfg.lockers)]
+        lockers = [LockClient(i, cluster.targets, stop, cfg.seed * 1000 + 500 + 10 * k + i,
+                              fenced=not cfg.unfenced_locks, kind=kind)
+                   for k, kind in enumerate(["v3lock", "mutex"]) for i in range(cfg.lockers)]
         for t in [*watchers, *clients, leases, *lockers]:
             t.start()
         _fault_phase(cfg, cluster, rnd, report, t0)
@@ -205,10 +206,15 @@ def run(cfg: Config) -> Report:
         _check_all(report, source.target, clients, watchers, reference, start,
                    final, after, lockers)
         report.verdicts.append(check_leases(source.target, leases))
-        fencing, info = check_locks(reference, [t for lk in lockers for t in lk.tenures],
-                                    sum(lk.stalls for lk in lockers))
-        report.verdicts.append(fencing)
-        report.details.append(info)
+        for kind in ["v3lock", "mutex"]:
+            mine = [lk for lk in lockers if lk.kind == kind]
+            fencing, info = check_locks(reference, [t for lk in mine for t in lk.tenures],
+                                        sum(lk.stalls for lk in mine), kind)
+            for lk in mine:
+                if lk.crashed:
+                    fencing.add(f"lock client {lk.cid} crashed: {lk.crashed}")
+            report.verdicts.append(fencing)
+            report.details.append(info)
         return report
     finally:
         stop.set()

@@ -54,7 +54,7 @@ def _lock_history(writes: list[tuple[int, str]]) -> list[Event]:
 
 
 def test_lock_checker_accepts_fenced_writes_in_tenure_order():
-    tenures = [Tenure(0, b"a", 10, 0.0, 1.0), Tenure(1, b"b", 11, 0.5, 2.0)]
+    tenures = [Tenure("v3lock", 0, b"a", 10, 0.0, 1.0), Tenure("v3lock", 1, b"b", 11, 0.5, 2.0)]
     v, info = check_locks(_lock_history([(12, "10:0:1"), (13, "10:0:2"), (15, "11:1:3")]),
                           tenures)
     assert v.ok and v.checked == 3, v.problems
@@ -104,7 +104,7 @@ def _assert_passes(cfg: Config):
 
 
 def test_three_members_under_kills_pauses_partitions_and_transfers():
-    _assert_passes(Config(members=3, seconds=25, seed=3, nemeses=[
+    _assert_passes(Config(members=3, seconds=20, seed=3, nemeses=[
         "kill", "kill-leader", "pause", "partition", "move-leader"]))
 
 

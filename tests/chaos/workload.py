@@ -291,8 +291,13 @@ class LeaseClient(threading.Thread):
                 raise
 
 
-LOCK_NAME = PREFIX + b"lock/L"  # v3lock keys: LOCK_NAME + b"/" + lease id in hex
-FENCED_KEY = PREFIX + b"fenced/L"  # written only by lock holders, guarded by their lock key
+# lock keys: LOCK_NAMES[kind] + b"/" + lease id in hex; FENCED_KEYS[kind] is written only by
+# that lock's holders, guarded by their lock key. v3lock: the server-side Lock API; mutex: a
+# client-side lease lock like clientv3/concurrency.Mutex (txn create_revision == 0, then wait
+# until our key is the oldest under the prefix)
+LOCK_NAMES = {"v3lock": PREFIX + b"lock/L", "mutex": PREFIX + b"lock/M"}
+FENCED_KEYS = {"v3lock": PREFIX + b"fenced/L", "mutex": PREFIX + b"fenced/M"}
+LOCK_WAIT = 10.0  # seconds a client waits for a lock before giving up
 LOCK_TTL = 4  # seconds: a holder that dies (or is cut off) loses the lock this long after
 
 
@@ -300,6 +305,7 @@ LOCK_TTL = 4  # seconds: a holder that dies (or is cut off) loses the lock this 
 class Tenure:
     """One acquisition as the client saw it: ``token`` is the lock key's create revision (the
     fencing token); real-time [acquired, released]; the guarded writes it tried."""
+    kind: str
     client: int
     key: bytes
     token: int
@@ -310,8 +316,10 @@ class Tenure:
 
 
 class LockClient(threading.Thread):
-    """etcd's v3lock: LeaseGrant, Lock (blocks until ours is the oldest key under the name),
-    read our key's create revision (the fencing token), then a few writes of FENCED_KEY each
+    """etcd's v3lock (``kind`` "v3lock"), or a client-side lease lock ("mutex", as
+    clientv3/concurrency.Mutex: a Txn puts our key if its create revision is 0, then we poll
+    until it is the oldest key under the prefix): LeaseGrant, Lock (blocks until ours is the
+    oldest key under the name), read our key's create revision (the fencing token), then a few writes of FENCED_KEY each
     guarded by a Txn that compares our lock key's create revision (etcd's recommended pattern:
     the write lands only while we still hold the lock), then Unlock and LeaseRevoke. A holder
     that errors out just walks away: its lease expires. Before a write a holder may stall for
@@ -320,9 +328,11 @@ class LockClient(threading.Thread):
     STALL = 0.1  # chance that a holder stalls past its lease before a write (a GC pause)
 
     def __init__(self, cid: int, targets: list[str], stop: threading.Event, seed: int,
-                 fenced: bool = True) -> None:
-        super().__init__(name=f"locker-{cid}", daemon=True)
+                 fenced: bool = True, kind: str = "v3lock") -> None:
+        super().__init__(name=f"{kind}-{cid}", daemon=True)
         self.cid, self.targets, self.stop_event = cid, targets, stop
+        self.kind, self.lock_name, self.fenced_key = kind, LOCK_NAMES[kind], FENCED_KEYS[kind]
+        self.crashed: str | None = None  # the workload's own bug: the checker reports it
         self.fenced = fenced  # False: plain puts (teeth: the fencing checker must object)
         self.stalls = 0
         self.rnd = random.Random(seed)
@@ -341,16 +351,25 @@ class LockClient(threading.Thread):
             except grpc.RpcError:
                 self.errors += 1
                 self._target = (self._target + 1) % len(self.targets)
+            except Exception as exc:  # noqa: BLE001 - not the cluster's fault: fail the run
+                self.crashed = repr(exc)
+                raise
             self.stop_event.wait(self.rnd.uniform(0.0, 0.3))
 
     def _round(self, kv, leases, locks) -> None:
         lease = leases.LeaseGrant(pb.LeaseGrantRequest(TTL=LOCK_TTL), timeout=OP_TIMEOUT).ID
-        key = locks.Lock(v3lock_pb2.LockRequest(name=LOCK_NAME, lease=lease), timeout=10).key
+        if self.kind == "v3lock":
+            key = locks.Lock(v3lock_pb2.LockRequest(name=self.lock_name, lease=lease),
+                             timeout=LOCK_WAIT).key
+        else:
+            key = self._mutex(kv, lease)
+            if key is None:
+                return
         acquired = time.monotonic()
         got = kv.Range(pb.RangeRequest(key=key), timeout=OP_TIMEOUT).kvs
         if not got:
             return  # already lost (lease expired): nothing to fence
-        tenure = Tenure(self.cid, key, got[0].create_revision, acquired)
+        tenure = Tenure(self.kind, self.cid, key, got[0].create_revision, acquired)
         self.tenures.append(tenure)
         try:
             for _ in range(self.rnd.randint(1, 3)):
@@ -359,7 +378,7 @@ class LockClient(threading.Thread):
                 if self.rnd.random() < self.STALL:  # the holder stalls; its lease expires
                     self.stalls += 1
                     time.sleep(LOCK_TTL + 1.5)
-                put = pb.PutRequest(key=FENCED_KEY, value=value.encode())
+                put = pb.PutRequest(key=self.fenced_key, value=value.encode())
                 req = pb.TxnRequest(
                     compare=[pb.Compare(key=key, target=pb.Compare.CREATE,
                                         result=pb.Compare.EQUAL, create_revision=tenure.token)]
@@ -370,10 +389,39 @@ class LockClient(threading.Thread):
                 if not resp.succeeded:
                     tenure.fenced_off += 1
                     return
-                self.acked.append(Write(FENCED_KEY[len(PREFIX):].decode(), value,
+                self.acked.append(Write(self.fenced_key[len(PREFIX):].decode(), value,
                                         resp.header.revision))
                 time.sleep(self.rnd.uniform(0.0, 0.3))
         finally:
             tenure.released = time.monotonic()
-        locks.Unlock(v3lock_pb2.UnlockRequest(key=key), timeout=OP_TIMEOUT)
+        if self.kind == "v3lock":
+            locks.Unlock(v3lock_pb2.UnlockRequest(key=key), timeout=OP_TIMEOUT)
+        else:
+            kv.DeleteRange(pb.DeleteRangeRequest(key=key), timeout=OP_TIMEOUT)
         leases.LeaseRevoke(pb.LeaseRevokeRequest(ID=lease), timeout=OP_TIMEOUT)
+
+    def _mutex(self, kv, lease: int) -> bytes | None:
+        """clientv3/concurrency.Mutex.Lock, polling instead of watching: our key, put if its
+        create revision is 0, until it is the oldest under the prefix. None: gave up (our key
+        is deleted) or our key vanished (the lease expired)."""
+        prefix = self.lock_name + b"/"
+        key = prefix + b"%x" % lease
+        kv.Txn(pb.TxnRequest(
+            compare=[pb.Compare(key=key, target=pb.Compare.CREATE, result=pb.Compare.EQUAL,
+                                create_revision=0)],
+            success=[pb.RequestOp(request_put=pb.PutRequest(key=key, value=b"", lease=lease))],
+            failure=[pb.RequestOp(request_range=pb.RangeRequest(key=key))]), timeout=OP_TIMEOUT)
+        deadline = time.monotonic() + LOCK_WAIT
+        oldest = pb.RangeRequest(key=prefix, range_end=prefix[:-1] + b"0", limit=1,
+                                 sort_order=pb.RangeRequest.ASCEND,
+                                 sort_target=pb.RangeRequest.CREATE)
+        while True:
+            owner = kv.Range(oldest, timeout=OP_TIMEOUT).kvs
+            if owner and owner[0].key == key:
+                return key
+            if not kv.Range(pb.RangeRequest(key=key), timeout=OP_TIMEOUT).kvs:
+                return None
+            if time.monotonic() > deadline or self.stop_event.is_set():
+                kv.DeleteRange(pb.DeleteRangeRequest(key=key), timeout=OP_TIMEOUT)
+                return None
+            time.sleep(0.05)
