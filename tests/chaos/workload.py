@@ -366,7 +366,13 @@ class LockClient(threading.Thread):
             if key is None:
                 return
         acquired = time.monotonic()
+        # waiting for the lock used up part of the lease: one keepalive gives the holder a
+        # whole TTL again (clients keep their session's lease alive all along)
+        alive = next(iter(leases.LeaseKeepAlive(iter([pb.LeaseKeepAliveRequest(ID=lease)]),
+                                                timeout=OP_TIMEOUT)), None)
         got = kv.Range(pb.RangeRequest(key=key), timeout=OP_TIMEOUT).kvs
+        if alive is None or alive.TTL <= 0:
+            got = []
         if not got:
             return  # already lost (lease expired): nothing to fence
         tenure = Tenure(self.kind, self.cid, key, got[0].create_revision, acquired)
