@@ -298,42 +298,43 @@ def _peer_urls(m: pb.Member) -> set[str]:
     return set(m.peerURLs)
 
 
+def _promote(c: ChaosCluster, node: ChaosNode, mid: int, deadline: float) -> str:
+    """MemberPromote until the learner is in sync (bounded by ``deadline``)."""
+    while True:
+        try:
+            c.cluster_call("MemberPromote", pb.MemberPromoteRequest(ID=mid), exclude=node)
+            return "promoted"
+        except grpc.RpcError as exc:
+            if time.monotonic() > deadline:
+                return f"NOT promoted ({exc.code().name}: {exc.details()})"
+            time.sleep(0.5)
+
+
 def _rejoin(c: ChaosCluster, node: ChaosNode, learner: bool, deadline: float) -> str:
     """``node`` is not a member: kill it, wipe its data dir, add it under a new peer URL (the
     member id derives from the peer URLs, and a removed id can never come back), start it with
-    ``--initial-cluster-state existing``; a learner is promoted once in sync."""
+    ``--initial-cluster-state existing``; a learner is promoted once in sync. Its flags are
+    set before MemberAdd, so if the add's answer is lost but it took effect, the next
+    ``ensure_members`` finds it listed and just starts it."""
     node.kill(signal.SIGKILL)
     shutil.rmtree(node.data_dir, ignore_errors=True)
     node.faults_path.write_text("")
     node.disk_path.write_text("0")
     node.peer_port = harness.free_ports(1)[0]
-    resp = c.cluster_call("MemberAdd", pb.MemberAddRequest(peerURLs=[node.peer_url],
-                                                           isLearner=learner), timeout=10)
-    c.ids[node.name] = resp.member.ID
-    by_id = {c.ids.get(n.name): n for n in c.nodes}
-    parts = []
-    for m in resp.members:
-        n = by_id.get(m.ID)
-        parts += ([f"{n.name}={n.peer_url}"] if n is not None else
-                  [f"{m.name or '%x' % m.ID}={u}" for u in m.peerURLs])
     value = {a: node.args[i + 1] for i, a in enumerate(node.args[:-1]) if a.startswith("--")}
     value.update({
         "--listen-peer-urls": node.peer_url, "--initial-advertise-peer-urls": node.peer_url,
-        "--initial-cluster": ",".join(parts), "--initial-cluster-state": "existing"})
+        "--initial-cluster": ",".join(f"{n.name}={n.peer_url}" for n in c.nodes),
+        "--initial-cluster-state": "existing"})
     node.args = [x for kv in value.items() for x in kv]
+    resp = c.cluster_call("MemberAdd", pb.MemberAddRequest(peerURLs=[node.peer_url],
+                                                           isLearner=learner), timeout=10)
+    c.ids[node.name] = resp.member.ID
     node.start()
     node.rejoins += 1
     what = f"re-added {node.name} as {'learner' if learner else 'voter'} {resp.member.ID:x}"
     if learner:
-        while True:
-            try:
-                c.cluster_call("MemberPromote", pb.MemberPromoteRequest(ID=resp.member.ID),
-                               exclude=node)
-                return what + ", promoted"
-            except grpc.RpcError as exc:
-                if time.monotonic() > deadline:
-                    return what + f", NOT promoted ({exc.code().name}: {exc.details()})"
-                time.sleep(0.5)
+        return what + ", " + _promote(c, node, resp.member.ID, deadline)
     return what
 
 
@@ -355,14 +356,31 @@ def ensure_members(c: ChaosCluster, timeout: float = 60.0) -> None:
         try:
             if not mine:
                 c.notes.append(_rejoin(c, node, node.learner_next, deadline))
-            elif mine[0].isLearner:
-                c.cluster_call("MemberPromote", pb.MemberPromoteRequest(ID=mine[0].ID))
-                c.notes.append(f"promoted learner {node.name}")
-            elif not node.alive:
+                continue
+            c.ids[node.name] = mine[0].ID
+            if not node.alive and not node.paused:
                 node.start()
+            if mine[0].isLearner:
+                c.notes.append(f"learner {node.name}: " + _promote(c, node, mine[0].ID, deadline))
         except grpc.RpcError as exc:
             c.notes.append(f"membership heal of {node.name} failed: {exc.code().name} "
                            f"{exc.details()}")
+
+
+def membership_problems(c: ChaosCluster) -> list[str]:
+    """The run must end with its original members: one voter per node, and nothing else."""
+    try:
+        members = c.members()
+    except (grpc.RpcError, RuntimeError) as exc:
+        return [f"no member list: {exc}"]
+    problems = []
+    for node in c.nodes:
+        mine = [m for m in members if node.peer_url in _peer_urls(m)]
+        if len(mine) != 1 or mine[0].isLearner:
+            problems.append(f"{node.name} ({node.peer_url}) is listed as {mine}")
+    if len(members) != len(c.nodes):
+        problems.append(f"{len(members)} members listed, the run has {len(c.nodes)}")
+    return problems
 
 
 def membership(c: ChaosCluster, rnd: random.Random) -> tuple[str, Heal]:

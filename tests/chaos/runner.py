@@ -182,6 +182,12 @@ def run(cfg: Config) -> Report:
             c.join(4 * OP_TIMEOUT + 15)
         if any(v.name == "liveness" for v in report.verdicts):
             return report
+        if "membership" in cfg.nemeses:  # the checks assume the original members
+            members = Verdict("membership (voters)", True,
+                              len(cluster.nodes))
+            for problem in nemesis.membership_problems(cluster):
+                members.add(problem)
+            report.verdicts.append(members)
         final = _current_revision(cluster)
         _catch_up(watchers, final)
         for w in watchers:
