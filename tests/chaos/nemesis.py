@@ -384,16 +384,17 @@ def membership_problems(c: ChaosCluster) -> list[str]:
 
 
 def membership(c: ChaosCluster, rnd: random.Random) -> tuple[str, Heal]:
-    """MemberRemove a random live follower (it stops itself; it is killed if it does not);
-    the heal wipes its data dir and adds it back as a new member (a voter, or a learner then
-    promoted), which catches up from the leader's log or a snapshot of it."""
+    """MemberRemove a random live follower, or one time in four the leader itself (it
+    commits its own removal, steps down and stops; it is killed if it does not stop); the heal
+    wipes its data dir and adds it back as a new member (a voter, or a learner then promoted),
+    which catches up from the leader's log or a snapshot of it."""
     leader = c.leader(5)
     followers = [n for n in c.nodes if n is not leader and n.alive and not n.paused]
     if leader is None or not followers:
         heal = lambda: ensure_members(c)  # noqa: E731
         heal.late = True
         return "membership (no leader)", heal
-    victim = rnd.choice(followers)
+    victim = leader if rnd.random() < 0.25 else rnd.choice(followers)
     victim.learner_next = rnd.random() < 0.5
     mid = c.ids[victim.name]
     try:
@@ -418,7 +419,8 @@ def membership(c: ChaosCluster, rnd: random.Random) -> tuple[str, Heal]:
     def heal() -> None:
         ensure_members(c)
     heal.late = True  # after every other heal: re-adding needs a quorum
-    return f"member remove {victim.name} ({mid:x}): {outcome}", heal
+    role = " (leader)" if victim is leader else ""
+    return f"member remove{role} {victim.name} ({mid:x}): {outcome}", heal
 
 
 def move_leader(c: ChaosCluster, rnd: random.Random) -> tuple[str, Heal]:
