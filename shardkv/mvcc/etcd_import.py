@@ -103,7 +103,8 @@ def import_etcd_db(db_path: Path | str, store_dir: Path | str,
                 histories.setdefault(key, []).append(entry)
             live = 0
             for key, entries in histories.items():
-                index.store(txn, dbs.index, key, entries)
+                for entry in entries:
+                    index.append(txn, dbs, key, entry)
                 last = entries[-1]
                 if last[index.VERSION] > 0:
                     live += 1

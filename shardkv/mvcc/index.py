@@ -1,16 +1,23 @@
-"""Per-key revision history ("key index"), stored in its own LMDB database.
+"""Per-key revision history ("key index"), stored in LMDB next to the data.
 
 etcd keeps this index in memory (a B-tree of keyIndex generations) and rebuilds it on start.
-We keep it in LMDB next to the data instead, so an LMDB write transaction gives read-your-writes
-inside a batch and an abort rolls back index and data together; nothing to rebuild on restart.
+We keep it in LMDB instead, so an LMDB write transaction gives read-your-writes inside a batch
+and an abort rolls back index and data together; nothing to rebuild on restart.
 
-The value for a user key is a list of entries, oldest first:
-``[main, sub, create_revision, version, lease]``; ``version == 0`` marks a tombstone (a delete),
-which ends a generation exactly like etcd's tombstone revision.
+Two databases, so that a write or a read at the current revision costs the same however long a
+key's history is (a key rewritten a million times must not cost a million entries per put):
+
+* ``index``: user key -> its newest entry ``[main, sub, create_revision, version, lease]``
+  (msgpack); ``version == 0`` marks a tombstone (a delete), which ends a generation exactly like
+  etcd's tombstone revision, and stays until compaction drops it;
+* ``history``: user key -> every entry of the key, one LMDB duplicate each (fixed 40 bytes,
+  big-endian, so duplicates sort by revision): only reads at an older revision and compaction
+  look here.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+import struct
+from typing import Protocol
 
 import lmdb
 import msgspec
@@ -20,7 +27,14 @@ IndexEntry = list[int]  # [main, sub, create_revision, version, lease]
 MAIN, SUB, CREATE, VERSION, LEASE = range(5)
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(list[list[int]]).decode
+_decode = msgspec.msgpack.Decoder(list[int]).decode
+_HIST = struct.Struct(">QQQQq")
+_REV = struct.Struct(">QQ")
+
+
+class IndexDbs(Protocol):
+    index: lmdb._Database
+    history: lmdb._Database
 
 
 def range_end_of(range_end: bytes) -> bytes | None:
@@ -33,63 +47,94 @@ def range_end_of(range_end: bytes) -> bytes | None:
     return range_end
 
 
-def load(txn: lmdb.Transaction, db: lmdb._Database, key: bytes) -> list[IndexEntry]:
-    raw = txn.get(key, db=db)
-    return _decode(raw) if raw is not None else []
+def latest(txn: lmdb.Transaction, dbs: IndexDbs, key: bytes) -> IndexEntry | None:
+    """The key's newest entry (a tombstone included), None if it has no history."""
+    raw = txn.get(key, db=dbs.index)
+    return _decode(raw) if raw is not None else None
 
 
-def store(txn: lmdb.Transaction, db: lmdb._Database, key: bytes, entries: list[IndexEntry]) -> None:
-    if entries:
-        txn.put(key, _encode(entries), db=db)
-    else:
-        txn.delete(key, db=db)
+def append(txn: lmdb.Transaction, dbs: IndexDbs, key: bytes, entry: IndexEntry) -> None:
+    """Record a new revision of ``key`` (newer than every entry it has)."""
+    txn.put(key, _encode(entry), db=dbs.index)
+    txn.put(key, _HIST.pack(*entry), db=dbs.history)
 
 
-def live_at(entries: list[IndexEntry], rev: int) -> IndexEntry | None:
+def history(txn: lmdb.Transaction, dbs: IndexDbs, key: bytes) -> list[IndexEntry]:
+    """Every entry of ``key``, oldest first (for tests and tools)."""
+    cursor = txn.cursor(db=dbs.history)
+    if not cursor.set_key(key):
+        return []
+    return [list(_HIST.unpack(raw)) for raw in cursor.iternext_dup(keys=False)]
+
+
+def _entry_at(txn: lmdb.Transaction, dbs: IndexDbs, key: bytes, rev: int) -> IndexEntry | None:
+    """The newest entry of ``key`` at or below main revision ``rev`` (history lookup)."""
+    cursor = txn.cursor(db=dbs.history)
+    if not cursor.set_range_dup(key, _REV.pack(rev + 1, 0)):
+        # every entry is at or below rev: the last duplicate
+        if not cursor.set_key(key) or not cursor.last_dup():
+            return None
+    elif not cursor.prev_dup():
+        return None  # the key's first entry is newer than rev
+    return list(_HIST.unpack(cursor.value()))
+
+
+def live_at(txn: lmdb.Transaction, dbs: IndexDbs, key: bytes, newest: IndexEntry,
+            rev: int) -> IndexEntry | None:
     """The entry giving the key's value at main revision ``rev``, or None if absent then."""
-    for entry in reversed(entries):
-        if entry[MAIN] <= rev:
-            return entry if entry[VERSION] > 0 else None
-    return None
-
-
-def scan(
-    txn: lmdb.Transaction, db: lmdb._Database, key: bytes, end: bytes | None
-) -> Iterator[tuple[bytes, list[IndexEntry]]]:
-    """Index records of the keys in ``[key, end)`` (see ``range_end_of``), in key order."""
-    if end is None:
-        entries = load(txn, db, key)
-        if entries:
-            yield key, entries
-        return
-    cursor = txn.cursor(db=db)
-    if not cursor.set_range(key):
-        return
-    for k, raw in cursor:
-        if end and k >= end:
-            break
-        yield k, _decode(raw)
+    entry = newest if newest[MAIN] <= rev else _entry_at(txn, dbs, key, rev)
+    return entry if entry is not None and entry[VERSION] > 0 else None
 
 
 def live_in_range(
-    txn: lmdb.Transaction, db: lmdb._Database, key: bytes, end: bytes | None, rev: int
+    txn: lmdb.Transaction, dbs: IndexDbs, key: bytes, end: bytes | None, rev: int
 ) -> list[tuple[bytes, IndexEntry]]:
-    """Keys in the range that exist at ``rev``, with the entry holding their state."""
+    """Keys in ``[key, end)`` (see ``range_end_of``) that exist at ``rev``, in key order, with
+    the entry holding their state then."""
     out = []
-    for k, entries in scan(txn, db, key, end):
-        entry = live_at(entries, rev)
+    if end is None:
+        newest = latest(txn, dbs, key)
+        entry = live_at(txn, dbs, key, newest, rev) if newest is not None else None
+        return [(key, entry)] if entry is not None else []
+    cursor = txn.cursor(db=dbs.index)
+    if not cursor.set_range(key):
+        return out
+    for k, raw in cursor:
+        if end and k >= end:
+            break
+        entry = live_at(txn, dbs, k, _decode(raw), rev)
         if entry is not None:
             out.append((k, entry))
     return out
 
 
-def compacted(entries: list[IndexEntry], rev: int) -> tuple[list[IndexEntry], list[IndexEntry]]:
-    """Split history at compaction revision ``rev`` into (kept, dropped).
-
-    Kept: every entry above ``rev`` plus the newest entry at or below ``rev`` unless that one is a
-    tombstone -- the same revisions etcd's keyIndex.compact keeps readable."""
-    newer = [e for e in entries if e[MAIN] > rev]
-    older = [e for e in entries if e[MAIN] <= rev]
-    if older and older[-1][VERSION] > 0:
-        return [older[-1], *newer], older[:-1]
-    return newer, older
+def compact(txn: lmdb.Transaction, dbs: IndexDbs, rev: int) -> list[IndexEntry]:
+    """Drop what etcd's keyIndex.compact drops at revision ``rev``: every entry at or below
+    ``rev`` except each key's newest one there, unless that one is a tombstone (then the key's
+    generation is gone; a key left with no history leaves the index). Returns the dropped
+    entries, whose data the caller deletes."""
+    dropped: list[IndexEntry] = []
+    gone: list[bytes] = []
+    cursor = txn.cursor(db=dbs.history)
+    if not cursor.first():
+        return dropped
+    while True:
+        key = cursor.key()
+        old: list[IndexEntry] = []
+        for raw in cursor.iternext_dup(keys=False):
+            entry = list(_HIST.unpack(raw))
+            if entry[MAIN] > rev:
+                break
+            old.append(entry)
+        if old and old[-1][VERSION] > 0:
+            old.pop()  # the value readable at rev stays
+        for entry in old:
+            txn.delete(key, _HIST.pack(*entry), db=dbs.history)
+        dropped.extend(old)
+        if old and txn.get(key, db=dbs.history) is None:
+            gone.append(key)
+        if not cursor.set_range(key + b"\0"):
+            break
+    for key in gone:
+        txn.delete(key, db=dbs.index)
+    return dropped

@@ -97,6 +97,7 @@ _decode_int = msgspec.msgpack.Decoder(int).decode
 _CURRENT_REV = b"current_rev"
 _COMPACT_REV = b"compact_rev"
 _CONSISTENT_INDEX = b"consistent_index"
+_INDEX_LAYOUT = b"index_layout"  # "2": newest entry in index, all entries in history
 
 Result = object  # a response struct, an EtcdError instance, or None (entry skipped / no request)
 
@@ -123,6 +124,7 @@ class _Dbs:
     lease: lmdb._Database
     lease_keys: lmdb._Database
     alarm: lmdb._Database
+    history: lmdb._Database
 
 
 @dataclass
@@ -198,7 +200,9 @@ class Store:
         )
         self._map_size = self._env.info()["map_size"]
         names = ("key", "index", "meta", "lease", "lease_keys", "alarm")
-        self._dbs = _Dbs(*(self._env.open_db(n.encode()) for n in names))
+        self._dbs = _Dbs(*(self._env.open_db(n.encode()) for n in names),
+                         history=self._env.open_db(b"history", dupsort=True, dupfixed=True))
+        _migrate_index(self._env, self._dbs)
         with self._env.begin() as txn:
             self._current_rev = self._meta(txn, _CURRENT_REV, 1)  # etcd's empty store is at 1
             self._compact_rev = self._meta(txn, _COMPACT_REV, -1)
@@ -207,6 +211,7 @@ class Store:
                 _ID.unpack(k)[0]: _decode_int(v) for k, v in txn.cursor(db=self._dbs.lease)
             }
         self.lessor.adopt(leases)
+        self._known_size = self.size()
 
     def close(self) -> None:
         self._env.close()
@@ -348,6 +353,7 @@ class Store:
             txn.put(_COMPACT_REV, _I64.pack(compact), db=self._dbs.meta)
             txn.put(_CONSISTENT_INDEX, _I64.pack(applied), db=self._dbs.meta)
         self._current_rev, self._compact_rev, self._consistent_index = current, compact, applied
+        self._known_size = self.size()
         for lease_id, ttl in granted:
             self.lessor.granted(lease_id, ttl)
         for lease_id in revoked:
@@ -427,7 +433,9 @@ class Store:
     def check_quota(self, request: WriteRequest) -> None:
         """etcd's propose-time quota check: raise NoSpaceError if ``request`` would not fit."""
         cost = _cost(request)
-        if cost and self.size() + cost >= self.quota_bytes:
+        # The size as of the last apply: exact enough for a quota (etcd also checks a size
+        # that in-flight proposals are about to change), and not two syscalls per request.
+        if cost and self._known_size + cost >= self.quota_bytes:
             raise NoSpaceError()
 
     def defragment(self) -> None:
@@ -544,7 +552,7 @@ def _kv_of(v: _View, key: bytes, entry: index.IndexEntry, with_value: bool = Tru
 
 
 def _live(v: _View, key: bytes, range_end: bytes, rev: int) -> list[tuple[bytes, index.IndexEntry]]:
-    return index.live_in_range(v.txn, v.dbs.index, key, index.range_end_of(range_end), rev)
+    return index.live_in_range(v.txn, v.dbs, key, index.range_end_of(range_end), rev)
 
 
 _SORT_KEYS: dict[int, Callable[[KeyValue], object]] = {
@@ -633,15 +641,15 @@ def _check_put(v: _View, p: PutRequest, in_txn: bool) -> None:
 def _write_put(v: _View, key: bytes, value: bytes, lease: int) -> None:
     rev = v.write_rev()
     sub = len(v.changes)
-    entries = index.load(v.txn, v.dbs.index, key)
-    last = entries[-1] if entries and entries[-1][index.VERSION] > 0 else None
+    last = index.latest(v.txn, v.dbs, key)
+    if last is not None and last[index.VERSION] == 0:
+        last = None  # a tombstone: the put starts a new generation
     create = last[index.CREATE] if last else rev
     version = last[index.VERSION] + 1 if last else 1
     kv = KeyValue(key=key, create_revision=create, mod_revision=rev, version=version,
                   value=value, lease=lease)
     v.txn.put(rev_to_bytes(rev, sub), _encode(kv), db=v.dbs.key)
-    entries.append([rev, sub, create, version, lease])
-    index.store(v.txn, v.dbs.index, key, entries)
+    index.append(v.txn, v.dbs, key, [rev, sub, create, version, lease])
     old_lease = last[index.LEASE] if last else 0
     if old_lease:
         v.txn.delete(_ID.pack(old_lease) + key, db=v.dbs.lease_keys)
@@ -667,9 +675,7 @@ def _write_tombstone(v: _View, key: bytes, live_entry: index.IndexEntry) -> None
     sub = len(v.changes)
     kv = KeyValue(key=key, mod_revision=rev)  # etcd's tombstone KeyValue carries only the key
     v.txn.put(rev_to_bytes(rev, sub, tombstone=True), _encode(kv), db=v.dbs.key)
-    entries = index.load(v.txn, v.dbs.index, key)
-    entries.append([rev, sub, 0, 0, 0])
-    index.store(v.txn, v.dbs.index, key, entries)
+    index.append(v.txn, v.dbs, key, [rev, sub, 0, 0, 0])
     if live_entry[index.LEASE]:
         v.txn.delete(_ID.pack(live_entry[index.LEASE]) + key, db=v.dbs.lease_keys)
     v.changes.append(Event(type=EventType.DELETE, kv=kv))
@@ -800,17 +806,25 @@ def _compact(v: _View, c: CompactionRequest) -> CompactionResponse:
     if c.revision > v.rev():
         _fail(FutureRevisionError)
     v.txn.put(_COMPACT_REV, _I64.pack(c.revision), db=v.dbs.meta)
-    updates = []
-    for key, entries in index.scan(v.txn, v.dbs.index, b"\0", b""):
-        kept, dropped = index.compacted(entries, c.revision)
-        if dropped:
-            updates.append((key, kept, dropped))
-    for key, kept, dropped in updates:
-        for e in dropped:
-            raw = rev_to_bytes(e[index.MAIN], e[index.SUB], tombstone=e[index.VERSION] == 0)
-            v.txn.delete(raw, db=v.dbs.key)
-        index.store(v.txn, v.dbs.index, key, kept)
+    for e in index.compact(v.txn, v.dbs, c.revision):
+        raw = rev_to_bytes(e[index.MAIN], e[index.SUB], tombstone=e[index.VERSION] == 0)
+        v.txn.delete(raw, db=v.dbs.key)
     return CompactionResponse(header=ResponseHeader(revision=v.rev()))
+
+
+def _migrate_index(env: lmdb.Environment, dbs: _Dbs) -> None:
+    """Data dirs written before the index split kept a key's whole history as one msgpack list
+    in ``index``: move it into ``history`` and leave the newest entry (done once, on open)."""
+    with env.begin(write=True) as txn:
+        if txn.get(_INDEX_LAYOUT, db=dbs.meta) == b"2":
+            return
+        old = [(k, raw) for k, raw in txn.cursor(db=dbs.index)]
+        decode_old = msgspec.msgpack.Decoder(list[list[int]]).decode
+        for key, raw in old:
+            entries = decode_old(raw)
+            for entry in entries:
+                index.append(txn, dbs, key, entry)
+        txn.put(_INDEX_LAYOUT, b"2", db=dbs.meta)
 
 
 # -------------------------------------------------------------------- leases

@@ -279,3 +279,54 @@ def test_ignore_value_put_after_same_txn_from_key_delete_fails_whole_txn(store):
     assert isinstance(resp, E.KeyNotFoundError)
     assert store.current_revision == 2
     assert store.range(RangeRequest(key=b"ab")).kvs[0].value == b"v"
+
+
+def test_hot_key_keeps_one_index_entry_and_every_old_revision(store):
+    """A key rewritten many times: the newest-entry index holds one entry (a put costs the
+    same on the 1st and the 3000th write), history still answers every old revision, and
+    compaction keeps exactly etcd's readable set."""
+    from shardkv.mvcc import index
+
+    apply = Applier(store)
+    for i in range(3000):
+        apply(put(b"hot", b"v%d" % i))
+    apply(DeleteRangeRequest(key=b"hot"), put(b"hot", b"again"))
+    with store._env.begin() as txn:
+        assert index.latest(txn, store._dbs, b"hot")[index.VERSION] == 1
+        assert len(index.history(txn, store._dbs, b"hot")) == 3002
+    for rev in (2, 3, 1500, 3001):
+        kv = store.range(RangeRequest(key=b"hot", revision=rev)).kvs[0]
+        assert (kv.value, kv.mod_revision, kv.version) == (b"v%d" % (rev - 2), rev, rev - 1)
+    assert store.range(RangeRequest(key=b"hot", revision=3002)).kvs == []  # the delete
+    apply(CompactionRequest(revision=2500))
+    with store._env.begin() as txn:
+        kept = index.history(txn, store._dbs, b"hot")
+    assert [e[index.MAIN] for e in kept] == list(range(2500, 3004))
+    assert store.range(RangeRequest(key=b"hot", revision=2500)).kvs[0].value == b"v2498"
+    apply(CompactionRequest(revision=3002))  # the tombstone ends the old generation
+    with store._env.begin() as txn:
+        assert [e[index.MAIN] for e in index.history(txn, store._dbs, b"hot")] == [3003]
+    apply(DeleteRangeRequest(key=b"hot"))
+    apply(CompactionRequest(revision=store.current_revision))
+    with store._env.begin() as txn:
+        assert index.latest(txn, store._dbs, b"hot") is None  # no history left: out of the index
+
+
+def test_old_index_layout_is_migrated_on_open(tmp_path):
+    """A data dir written with the whole history in one index value opens with every revision
+    still readable."""
+    import msgspec
+
+    with Store(tmp_path / "db") as s:
+        apply = Applier(s)
+        apply(put(b"a", b"1"), put(b"a", b"2"), put(b"b", b"x"))
+        with s._env.begin(write=True) as txn:
+            txn.drop(s._dbs.history, delete=False)
+            txn.put(b"a", msgspec.msgpack.encode([[2, 0, 2, 1, 0], [3, 0, 2, 2, 0]]),
+                    db=s._dbs.index)
+            txn.put(b"b", msgspec.msgpack.encode([[4, 0, 4, 1, 0]]), db=s._dbs.index)
+            txn.delete(b"index_layout", db=s._dbs.meta)
+    with Store(tmp_path / "db") as s:
+        assert s.range(RangeRequest(key=b"a", revision=2)).kvs[0].value == b"1"
+        assert [kv.value for kv in s.range(RangeRequest(key=b"a", range_end=b"c")).kvs] == [
+            b"2", b"x"]
