@@ -259,6 +259,11 @@ class Member:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        # etcd's --initial-election-tick-advance: fast-forward to one tick before the election
+        # timeout, so a new cluster elects within ~1 heartbeat to 1 election timeout instead of
+        # 1-2 election timeouts. Pre-vote keeps this from disturbing a cluster that has a leader.
+        for _ in range(self.node.raft.cfg.election_tick - 1):
+            self.node.tick()
         self.transport.start(loop)
         self._schedule_tick(loop)
         compaction = compactor.run(self, self.cfg.auto_compaction_mode,
@@ -542,11 +547,17 @@ class Member:
         durable = [e for e in rd.committed_entries if e.index <= stable]
         pending = rd.committed_entries[len(durable):]
         applying = asyncio.ensure_future(self._apply(durable)) if durable else None
+        # A leader replicates while its own write is still syncing (Raft counts the leader's
+        # log only after advance); a follower's acks and votes must wait for its disk.
+        early = self.node.raft.role == StateRole.LEADER
         try:
+            if early:
+                self._send(rd.messages)
             if rd.must_sync:
                 await loop.run_in_executor(None, self.raftlog.save, rd.hard_state, rd.entries,
                                            rd.snapshot)
-            self._send(rd.messages)
+            if not early:
+                self._send(rd.messages)
         finally:
             if applying is not None:
                 await applying

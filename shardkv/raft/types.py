@@ -120,6 +120,9 @@ class Ready:
     """What the host must do, in this order: persist ``hard_state``, ``entries`` and
     ``snapshot`` (one synced write), then send ``messages``, then apply ``snapshot`` and
     ``committed_entries`` to the state machine, then call ``RawNode.advance(ready)``.
+
+    A leader may send ``messages`` before its write is durable (in parallel with it, as etcd
+    does): it counts its own log towards a commit only once ``advance`` says it is synced.
     """
 
     soft_state: SoftState | None = None

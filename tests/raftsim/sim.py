@@ -272,6 +272,14 @@ class Simulation:
     def _drive(self, node: SimNode) -> None:
         while node.raw is not None and node.in_flight is None and node.raw.has_ready():
             rd = node.raw.ready()
+            # As etcd (and the node) do: a leader sends before its own write is durable (the
+            # disk write runs in parallel with replication; Raft counts the leader's own log
+            # only once advanced). Everybody else persists first. A crash in between loses the
+            # leader's unsynced entries after followers may have them: the sim covers that.
+            if node.raw.raft.role == StateRole.LEADER:
+                for m in rd.messages:
+                    self._send(m)
+                rd.messages = []
             if rd.must_sync and self.rng.random() < self.faults.disk_delay:
                 node.in_flight = (rd, self.now + self.rng.randint(1, 3))
                 return
