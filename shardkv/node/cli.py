@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
 import signal
 import sys
+from pathlib import Path
 from urllib.parse import urlparse
 
-from shardkv.node import compactor, flags, metrics
+from shardkv.node import compactor, flags, intake, metrics
 from shardkv.node.member import Member, MemberConfig, StartupError
 from shardkv.node.services.maintenance import VERSION
 
@@ -54,14 +57,32 @@ def grpc_address(url: str) -> str:
 
 
 async def serve(settings: flags.Settings) -> int:
-    from shardkv.node.services import build_server
+    from shardkv.node.services import build_server, max_receive_bytes
+    from shardkv.node.services.kv import execute
 
     member = Member(member_config(settings))
     member.open()
-    server, channels = build_server(member, [grpc_address(u) for u in
-                                             settings.urls("listen-client-urls")])
+    client_addresses = [grpc_address(u) for u in settings.urls("listen-client-urls")]
+    workers = settings.int("client-workers")
+    if workers < 0:
+        raise flags.FlagError("--client-workers must be 0 or more")
+    # With intake processes the member's own server is private to them (loopback, any port).
+    server, channels, ports = build_server(member, ["127.0.0.1:0"] if workers else
+                                           client_addresses)
     await server.start()
     await member.start()
+    hub, intakes = None, []
+    if workers:
+        hub = intake.IntakeHub(functools.partial(execute, member))
+        hub.start(asyncio.get_running_loop())
+        try:
+            intakes = await intake.spawn(workers, hub, f"127.0.0.1:{ports[0]}",
+                                         client_addresses, max_receive_bytes(member))
+        except BaseException:
+            hub.close()
+            await member.stop()
+            await server.stop(grace=0)
+            raise
     metrics_servers = await metrics.serve(member, settings.urls("listen-metrics-urls"))
     log.info("serving client traffic insecurely on %s", settings.get("listen-client-urls"))
     loop = asyncio.get_running_loop()
@@ -77,6 +98,9 @@ async def serve(settings: flags.Settings) -> int:
         log.error("member %x stopped itself (see above); shutting down", member.id)
     else:
         log.info("received shutdown request; stopping member %x", member.id)
+    intake.stop(intakes)
+    if hub is not None:
+        hub.close()
     await member.stop()
     await server.stop(grace=1)
     for ms in metrics_servers:
@@ -84,6 +108,22 @@ async def serve(settings: flags.Settings) -> int:
     await channels.close()
     log.info("stopped member %x", member.id)
     return 1 if crashed else 0
+
+
+def _run_profiled(settings: flags.Settings) -> int:
+    """SHARDKV_PROFILE=<dir>: cProfile the whole run, stats written to <dir>/<name>.pstats at
+    a clean stop (see docs/performance.md). For finding hot spots, not for production."""
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        return asyncio.run(serve(settings))
+    finally:
+        profiler.disable()
+        out = Path(os.environ["SHARDKV_PROFILE"])
+        out.mkdir(parents=True, exist_ok=True)
+        profiler.dump_stats(str(out / f"{settings.get('name')}.pstats"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         pass
     try:
-        sys.exit(asyncio.run(serve(settings)))
+        sys.exit(_run_profiled(settings) if os.environ.get("SHARDKV_PROFILE")
+                 else asyncio.run(serve(settings)))
     except (StartupError, flags.FlagError, OSError) as exc:
         print(f"shardkv-node: {exc}", file=sys.stderr)
         sys.exit(1)

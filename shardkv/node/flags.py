@@ -37,6 +37,9 @@ IMPLEMENTED: dict[str, str] = {
     "listen-metrics-urls": "",
     "log-level": "info",
     "config-file": "",
+    # shardkv's own (not etcd's): processes serving gRPC for this member (see node/intake.py);
+    # 0 serves every call in the member's own process.
+    "client-workers": "0",
 }
 
 # TLS and authentication: refused until implemented.

@@ -27,9 +27,10 @@ def _failed(output: str) -> list[str]:
 
 
 @pytest.mark.skipif(not (SUITE / "run.sh").exists(), reason=f"no conformance suite at {SUITE}")
-@pytest.mark.parametrize("size", [1, 3])
-def test_conformance_suite(cluster_factory, size, tmp_path):
-    c = cluster_factory(size)
+@pytest.mark.parametrize("size,workers", [(1, 0), (3, 0), (1, 2)],
+                         ids=["1-member", "3-members", "1-member-2-client-workers"])
+def test_conformance_suite(cluster_factory, size, workers, tmp_path):
+    c = cluster_factory(size, [f"--client-workers={workers}"] if workers else None)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ETCDCTL_", "CONF_"))}
     env["ETCDCTL_ENDPOINTS"] = c.endpoints
     if size > 1:

@@ -9,7 +9,7 @@ from shardkv.api.v3lockpb import v3lock_pb2_grpc
 from shardkv.node.member import Member
 from shardkv.node.services.cluster import ClusterService
 from shardkv.node.services.concurrency import ElectionService, LockService
-from shardkv.node.services.kv import KVService
+from shardkv.node.services.kv import KVService, LocalKV
 from shardkv.node.services.lease import LeaderChannels, LeaseService
 from shardkv.node.services.maintenance import MaintenanceService
 from shardkv.node.services.watch import WatchService
@@ -17,22 +17,29 @@ from shardkv.node.services.watch import WatchService
 GRPC_OVERHEAD_BYTES = 512 * 1024  # etcd allows this much on top of --max-request-bytes
 
 
-def build_server(member: Member, listen: list[str]) -> tuple[grpc.aio.Server, LeaderChannels]:
-    """A gRPC server with every service, bound to ``listen`` (host:port); not started."""
-    limit = member.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES
+def max_receive_bytes(member: Member) -> int:
+    return member.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES
+
+
+def build_server(member: Member, listen: list[str]) -> tuple[grpc.aio.Server, LeaderChannels,
+                                                             list[int]]:
+    """A gRPC server with every service, bound to ``listen`` (host:port, port 0 picks one);
+    not started. Returns the bound ports too."""
+    limit = max_receive_bytes(member)
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", 2**31 - 1),
         ("grpc.so_reuseport", 0),  # a second member on the same port must fail, not share it
     ])
     channels = LeaderChannels(member)
-    rpc_pb2_grpc.add_KVServicer_to_server(KVService(member), server)
+    rpc_pb2_grpc.add_KVServicer_to_server(KVService(LocalKV(member)), server)
     rpc_pb2_grpc.add_WatchServicer_to_server(WatchService(member), server)
     rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(member, channels), server)
     rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(member, channels), server)
     rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(member), server)
     v3lock_pb2_grpc.add_LockServicer_to_server(LockService(member), server)
     v3election_pb2_grpc.add_ElectionServicer_to_server(ElectionService(member), server)
+    ports = []
     for address in listen:
         try:
             bound = server.add_insecure_port(address)
@@ -40,4 +47,5 @@ def build_server(member: Member, listen: list[str]) -> tuple[grpc.aio.Server, Le
             bound = 0
         if bound == 0:
             raise OSError(f"listen tcp {address}: bind: address already in use")
-    return server, channels
+        ports.append(bound)
+    return server, channels, ports

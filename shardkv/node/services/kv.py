@@ -1,6 +1,13 @@
 """etcd's KV service: reads served locally after ReadIndex (or at once when serializable),
-writes replicated through Raft."""
+writes replicated through Raft.
+
+``execute`` runs one request against the member; ``KVService`` is the gRPC face and talks to a
+backend with that one method: ``LocalKV`` in the member's own process, or
+``intake.RemoteKV`` in a client intake process (see intake.py), which batches requests to the
+member over ZeroMQ so that gRPC's per-call cost is paid on another core."""
 from __future__ import annotations
+
+from typing import Any, Protocol
 
 import grpc
 
@@ -12,6 +19,13 @@ from shardkv.mvcc.store import is_readonly_txn
 from shardkv.mvcc.validate import validate
 from shardkv.node.member import Member, to_api_error
 from shardkv.node.services import convert
+
+KVRequest = kv.RangeRequest | kv.PutRequest | kv.DeleteRangeRequest | kv.TxnRequest | \
+    kv.CompactionRequest
+
+
+class KVBackend(Protocol):
+    async def execute(self, request: Any) -> Any: ...
 
 
 def checked(member: Member, request: object) -> None:
@@ -34,53 +48,66 @@ def local(fn, *args):
         raise to_api_error(exc) from None
 
 
-class KVService(rpc_pb2_grpc.KVServicer):
+async def execute(m: Member, req: KVRequest) -> Any:
+    """One KV request as etcd serves it; the response's header is the member's (cluster, member,
+    revision, term). Raises ``EtcdError``."""
+    if isinstance(req, kv.CompactionRequest):
+        resp = await m.propose(req)
+    else:
+        checked(m, req)
+        if isinstance(req, kv.RangeRequest):
+            if not req.serializable:
+                await m.linearizable_barrier()
+            resp = local(m.store.range, req)
+        elif isinstance(req, kv.TxnRequest) and is_readonly_txn(req):
+            if not _all_serializable(req):
+                await m.linearizable_barrier()
+            resp = local(m.store.txn_readonly, req)
+        else:
+            resp = await m.propose(req)
+    resp.header = m.header(resp.header.revision)
+    return resp
+
+
+class LocalKV:
+    """The backend inside the member's process."""
+
     def __init__(self, member: Member) -> None:
         self.m = member
 
-    def _header(self, revision: int | None = None) -> pb.ResponseHeader:
-        return convert.header(self.m.header(revision))
+    async def execute(self, request: Any) -> Any:
+        return await execute(self.m, request)
+
+
+class KVService(rpc_pb2_grpc.KVServicer):
+    def __init__(self, backend: KVBackend) -> None:
+        self.b = backend
 
     @errors.etcd_errors
     async def Range(self, request: pb.RangeRequest, context: grpc.aio.ServicerContext):
-        req = convert.range_request(request)
-        checked(self.m, req)
-        if not req.serializable:
-            await self.m.linearizable_barrier()
-        resp = local(self.m.store.range, req)
-        return convert.range_response(resp, self._header(resp.header.revision))
+        resp = await self.b.execute(convert.range_request(request))
+        return convert.range_response(resp, convert.header(resp.header))
 
     @errors.etcd_errors
     async def Put(self, request: pb.PutRequest, context: grpc.aio.ServicerContext):
-        req = convert.put_request(request)
-        checked(self.m, req)
-        resp = await self.m.propose(req)
-        return convert.put_response(resp, self._header(resp.header.revision))
+        resp = await self.b.execute(convert.put_request(request))
+        return convert.put_response(resp, convert.header(resp.header))
 
     @errors.etcd_errors
     async def DeleteRange(self, request: pb.DeleteRangeRequest, context):
-        req = convert.delete_request(request)
-        checked(self.m, req)
-        resp = await self.m.propose(req)
-        return convert.delete_response(resp, self._header(resp.header.revision))
+        resp = await self.b.execute(convert.delete_request(request))
+        return convert.delete_response(resp, convert.header(resp.header))
 
     @errors.etcd_errors
     async def Txn(self, request: pb.TxnRequest, context):
-        req = convert.txn_request(request)
-        checked(self.m, req)
-        if is_readonly_txn(req):
-            if not _all_serializable(req):
-                await self.m.linearizable_barrier()
-            resp = local(self.m.store.txn_readonly, req)
-        else:
-            resp = await self.m.propose(req)
-        return convert.txn_response(resp, self._header(resp.header.revision))
+        resp = await self.b.execute(convert.txn_request(request))
+        return convert.txn_response(resp, convert.header(resp.header))
 
     @errors.etcd_errors
     async def Compact(self, request: pb.CompactionRequest, context):
-        req = kv.CompactionRequest(revision=request.revision, physical=request.physical)
-        resp = await self.m.propose(req)
-        return pb.CompactionResponse(header=self._header(resp.header.revision))
+        resp = await self.b.execute(kv.CompactionRequest(revision=request.revision,
+                                                         physical=request.physical))
+        return pb.CompactionResponse(header=convert.header(resp.header))
 
 
 def _all_serializable(req: kv.TxnRequest) -> bool:
