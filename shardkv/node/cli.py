@@ -60,25 +60,31 @@ async def serve(settings: flags.Settings) -> int:
     from shardkv.node.services import build_server, max_receive_bytes
     from shardkv.node.services.kv import execute
 
-    member = Member(member_config(settings))
-    member.open()
     client_addresses = [grpc_address(u) for u in settings.urls("listen-client-urls")]
     workers = settings.int("client-workers")
     if workers < 0:
         raise flags.FlagError("--client-workers must be 0 or more")
-    # With intake processes the member's own server is private to them (loopback, any port).
-    server, channels, ports = build_server(member, ["127.0.0.1:0"] if workers else
-                                           client_addresses)
-    await server.start()
-    await member.start()
-    hub, intakes = None, []
+    intakes = intake.start_processes(workers)
+    try:
+        member = Member(member_config(settings))
+        member.open()
+        # With intake processes the member's own server is private to them (loopback).
+        server, channels, ports = build_server(member, ["127.0.0.1:0"] if workers else
+                                               client_addresses)
+        await server.start()
+        await member.start()
+    except BaseException:
+        intake.stop(intakes)
+        raise
+    hub = None
     if workers:
         hub = intake.IntakeHub(functools.partial(execute, member))
         hub.start(asyncio.get_running_loop())
         try:
-            intakes = await intake.spawn(workers, hub, f"127.0.0.1:{ports[0]}",
-                                         client_addresses, max_receive_bytes(member))
+            await intake.configure(intakes, hub, f"127.0.0.1:{ports[0]}", client_addresses,
+                                   max_receive_bytes(member))
         except BaseException:
+            intake.stop(intakes)
             hub.close()
             await member.stop()
             await server.stop(grace=0)

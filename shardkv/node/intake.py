@@ -39,9 +39,18 @@ import msgspec
 import zmq
 
 from shardkv.api import errors as api_errors
+from shardkv.api.etcdserverpb import rpc_pb2_grpc
 from shardkv.mvcc import kv
+from shardkv.node.services.kv import KVService
 
 log = logging.getLogger("shardkv.intake")
+
+class IntakeConfig(msgspec.Struct):
+    member_zmq: str
+    member_grpc: str
+    listen: list[str]
+    max_receive: int
+
 
 _REQUESTS: dict[str, type] = {
     "range": kv.RangeRequest,
@@ -153,29 +162,30 @@ def check_port_free(address: str) -> None:
             raise OSError(f"listen tcp {address}: bind: address already in use") from None
 
 
-async def spawn(count: int, hub: IntakeHub, member_grpc: str, listen: list[str],
-                max_receive: int, timeout: float = 30.0) -> list[subprocess.Popen]:
-    """Start ``count`` intake processes; return once each serves ``listen`` (or raise)."""
+def start_processes(count: int) -> list[subprocess.Popen]:
+    """Start ``count`` intake processes at once: they import grpc while the member opens its
+    data dir, then wait for ``configure``."""
+    level = logging.getLevelName(logging.getLogger().level).lower()
+    return [subprocess.Popen([sys.executable, "-m", "shardkv.node.intake", "--parent",
+                              str(os.getpid()), "--log-level", level],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            for _ in range(count)]
+
+
+async def configure(procs: list[subprocess.Popen], hub: IntakeHub, member_grpc: str,
+                    listen: list[str], max_receive: int, timeout: float = 30.0) -> None:
+    """Tell each intake process where its member is and what to serve; return once each
+    serves ``listen`` (or raise)."""
     for address in listen:
         check_port_free(address)
-    procs = []
-    for _ in range(count):
-        cmd = [sys.executable, "-m", "shardkv.node.intake", "--member-zmq", hub.address,
-               "--member-grpc", member_grpc, "--max-receive", str(max_receive),
-               "--log-level", logging.getLevelName(logging.getLogger().level).lower(),
-               "--parent", str(os.getpid())]
-        for address in listen:
-            cmd += ["--listen", address]
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE))
-    try:
-        for p in procs:
-            line = await asyncio.wait_for(asyncio.to_thread(p.stdout.readline), timeout)
-            if line.strip() != b"ready":
-                raise OSError(f"client intake process failed to start (exit {p.wait()})")
-    except BaseException:
-        stop(procs)
-        raise
-    return procs
+    config = msgspec.json.encode(IntakeConfig(hub.address, member_grpc, listen, max_receive))
+    for p in procs:
+        p.stdin.write(config + b"\n")
+        p.stdin.close()
+    for p in procs:
+        line = await asyncio.wait_for(asyncio.to_thread(p.stdout.readline), timeout)
+        if line.strip() != b"ready":
+            raise OSError(f"client intake process failed to start (exit {p.wait()})")
 
 
 def stop(procs: list[subprocess.Popen]) -> None:
@@ -288,27 +298,20 @@ async def _watch_parent(parent: int, stop_event: asyncio.Event) -> None:
     stop_event.set()
 
 
-async def _serve(args: argparse.Namespace) -> int:
-    from shardkv.api.etcdserverpb import rpc_pb2_grpc
-    from shardkv.node.services.kv import KVService
-
-    parent = int(args.parent)
-    _die_with_parent()
-    if os.getppid() != parent:
-        return 1  # the member died before we could ask to die with it
+async def _serve(parent: int, cfg: IntakeConfig) -> int:
     loop = asyncio.get_running_loop()
-    backend = RemoteKV(args.member_zmq)
+    backend = RemoteKV(cfg.member_zmq)
     backend.start(loop)
-    channel = grpc.aio.insecure_channel(args.member_grpc, options=[
+    channel = grpc.aio.insecure_channel(cfg.member_grpc, options=[
         ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
     server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", args.max_receive),
+        ("grpc.max_receive_message_length", cfg.max_receive),
         ("grpc.max_send_message_length", 2**31 - 1),
         ("grpc.so_reuseport", 1),
     ])
     rpc_pb2_grpc.add_KVServicer_to_server(KVService(backend), server)
     server.add_generic_rpc_handlers([_Proxy(channel)])
-    for address in args.listen:
+    for address in cfg.listen:
         try:
             bound = server.add_insecure_port(address)
         except RuntimeError:
@@ -330,14 +333,18 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="shardkv client intake process (internal)")
-    ap.add_argument("--member-zmq", required=True)
-    ap.add_argument("--member-grpc", required=True)
-    ap.add_argument("--listen", action="append", required=True)
-    ap.add_argument("--max-receive", type=int, required=True)
+    ap = argparse.ArgumentParser(description="shardkv client intake process (internal; "
+                                 "configured by its member over stdin)")
     ap.add_argument("--log-level", default="info")
-    ap.add_argument("--parent", required=True, help="the member's pid")
+    ap.add_argument("--parent", type=int, required=True, help="the member's pid")
     args = ap.parse_args()
+    _die_with_parent()
+    if os.getppid() != args.parent:
+        sys.exit(1)  # the member died before we could ask to die with it
+    line = sys.stdin.buffer.readline()
+    if not line.strip():
+        sys.exit(1)  # the member gave up before configuring us
+    cfg = msgspec.json.decode(line, type=IntakeConfig)
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -346,7 +353,7 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    sys.exit(asyncio.run(_serve(args)))
+    sys.exit(asyncio.run(_serve(args.parent, cfg)))
 
 
 if __name__ == "__main__":
