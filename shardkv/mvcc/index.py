@@ -10,9 +10,9 @@ key's history is (a key rewritten a million times must not cost a million entrie
 * ``index``: user key -> its newest entry ``[main, sub, create_revision, version, lease]``
   (msgpack); ``version == 0`` marks a tombstone (a delete), which ends a generation exactly like
   etcd's tombstone revision, and stays until compaction drops it;
-* ``history``: user key -> every entry of the key, one LMDB duplicate each (fixed 40 bytes,
+* ``history``: user key -> every entry of the key, one LMDB duplicate each (40 bytes,
   big-endian, so duplicates sort by revision): only reads at an older revision and compaction
-  look here.
+  look here. (Plain DUPSORT: LMDB's compacting copy crashes on DUPFIXED.)
 """
 from __future__ import annotations
 

@@ -201,7 +201,9 @@ class Store:
         self._map_size = self._env.info()["map_size"]
         names = ("key", "index", "meta", "lease", "lease_keys", "alarm")
         self._dbs = _Dbs(*(self._env.open_db(n.encode()) for n in names),
-                         history=self._env.open_db(b"history", dupsort=True, dupfixed=True))
+                         # not dupfixed: LMDB 0.9.36's compacting copy (snapshots)
+                         # segfaults on DUPFIXED sub-databases
+                         history=self._env.open_db(b"history", dupsort=True))
         _migrate_index(self._env, self._dbs)
         with self._env.begin() as txn:
             self._current_rev = self._meta(txn, _CURRENT_REV, 1)  # etcd's empty store is at 1

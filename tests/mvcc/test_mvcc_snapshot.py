@@ -74,3 +74,19 @@ def test_install_replaces_a_running_store(tmp_path):
         assert follower.lessor.ids() == [9]
         follower.apply([(102, PutRequest(key=b"after", value=b"x"))])
         assert follower.current_revision == leader.current_revision + 1
+
+
+def test_snapshot_of_keys_with_long_histories(tmp_path):
+    """Regression: keys rewritten thousands of times put their index history in LMDB
+    sub-databases, whose compacting copy crashed (segfault) when they were DUPFIXED; a leader
+    sending such a snapshot to a new member hung (found by the chaos membership run)."""
+    with Store(tmp_path / "src") as src:
+        src.apply([(i + 1, PutRequest(key=b"hot%d" % (i % 5), value=b"v%d" % i))
+                   for i in range(3000)])
+        want = keys_and_values(src)
+        stream = list(StoreSnapshot(src).chunks())
+    assert restore(stream, tmp_path / "restored") == 3000
+    with Store(tmp_path / "restored") as restored:
+        assert keys_and_values(restored) == want
+        old = restored.range(RangeRequest(key=b"hot0", revision=2)).kvs[0]
+        assert old.value == b"v0"
