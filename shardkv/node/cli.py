@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import functools
 import logging
 import os
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         level=getattr(logging, settings.get("log-level").upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     flags.log_ignored(settings)
+    faulthandler.enable()  # a crash in a C extension (LMDB, grpc, zmq) leaves its stack in the log
     try:
         import uvloop
         uvloop.install()
