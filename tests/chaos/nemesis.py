@@ -39,8 +39,17 @@ class ChaosNode(harness.Node):
     paused: bool = False
     learner_next: bool = False  # a re-add after removal joins as a learner first
     rejoins: int = 0  # times wiped and added back as a new member
+    exits: list[int] = field(default_factory=list)  # exit codes of deaths the harness did not cause
+
+    def note_exit(self) -> None:
+        """Record an exit the harness did not cause (it clears ``proc`` when it kills, and
+        kills a removed member that stopped itself): a crash, e.g. -11 for SIGSEGV."""
+        if self.proc is not None and self.proc.poll() is not None:
+            self.exits.append(self.proc.returncode)
+            self.proc = None
 
     def start(self) -> None:
+        self.note_exit()
         env = dict(os.environ, SHARDKV_TEST_FAULTS=str(self.faults_path),
                    SHARDKV_TEST_DISK_DELAY=str(self.disk_path))
         with open(self.log_path, "ab") as log:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pickle
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -123,6 +124,24 @@ def _fault_phase(cfg: Config, cluster: nemesis.ChaosCluster, rnd: random.Random,
             return
 
 
+def _count(report: Report, clients: list[RegisterClient]) -> None:
+    report.ops = sum(sum(c.counts.values()) for c in clients)
+    for c in clients:
+        for k, n in c.counts.items():
+            report.counts[k] = report.counts.get(k, 0) + n
+
+
+def _crashes(cluster: nemesis.ChaosCluster) -> Verdict:
+    """Member processes that died on their own during the faults (not killed by a nemesis)."""
+    v = Verdict("no member crashed", True, len(cluster.nodes))
+    for n in cluster.nodes:
+        n.note_exit()
+        for rc in n.exits:
+            how = f"signal {signal.Signals(-rc).name}" if rc < 0 else f"exit status {rc}"
+            v.add(f"{n.name} died on its own ({how}); see {n.log_path.name}")
+    return v
+
+
 def _log(msg: str) -> None:
     print(f"[chaos {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -180,6 +199,8 @@ def run(cfg: Config) -> Report:
         stop.set()
         for c in [*clients, leases, *lockers]:
             c.join(4 * OP_TIMEOUT + 15)
+        report.verdicts.append(_crashes(cluster))
+        _count(report, clients)
         if any(v.name == "liveness" for v in report.verdicts):
             return report
         if "membership" in cfg.nemeses:  # the checks assume the original members
@@ -236,10 +257,6 @@ def _check_all(report: Report, target: str, clients: list[RegisterClient], watch
                reference: list, start: int, final: int, after: int,
                lockers: list[LockClient] = ()) -> None:
     ops = [op for c in clients for op in c.ops]
-    report.ops = sum(sum(c.counts.values()) for c in clients)
-    for c in clients:
-        for k, n in c.counts.items():
-            report.counts[k] = report.counts.get(k, 0) + n
     (report.base / "history.pickle").write_bytes(pickle.dumps(ops))
     _log(f"checking {len(ops)} register operations")
     lin = check(ops)

@@ -7,6 +7,9 @@ Longer soaks: python3 scripts/chaos.py --minutes N [--members 3|5] [--nemesis ..
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -70,6 +73,29 @@ def test_lock_checker_accepts_fenced_writes_in_tenure_order():
 def test_lock_checker_catches(writes, what):
     v, _ = check_locks(_lock_history(writes), [])
     assert not v.ok and any(what in p for p in v.problems), v.problems
+
+
+_SLOW_SAVE = """
+import sys, time
+from shardkv.mvcc.raftlog import RaftLog
+from shardkv.raft.types import Entry, HardState
+log = RaftLog(sys.argv[1])
+t = time.monotonic()
+log.save(HardState(term=1), [Entry(term=1, index=1)])
+print(time.monotonic() - t)
+"""
+
+
+def test_slow_disk_hook_delays_raft_log_saves(tmp_path):
+    """SHARDKV_TEST_DISK_DELAY: a save waits at least the file's milliseconds (a lower bound
+    only: sleep never returns early)."""
+    delay = tmp_path / "disk"
+    delay.write_text("300")
+    env = dict(os.environ, SHARDKV_TEST_DISK_DELAY=str(delay))
+    out = subprocess.run([sys.executable, "-c", _SLOW_SAVE, str(tmp_path / "log")], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) >= 0.3
 
 
 def test_partition_hook_isolates_the_leader(tmp_path):
