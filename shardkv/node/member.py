@@ -209,6 +209,14 @@ class Member:
         self.hub = WatchHub(self.store)
         self.raftlog = RaftLog(self.dir / "wal")
         state = self.raftlog.load()
+        # The commit index alone is persisted lazily (_handle_ready): whatever the store applied
+        # was committed, so the commit index restarts at least there.
+        last = state.entries[-1].index if state.entries else state.snapshot.meta.index
+        commit = min(max(state.hard_state.commit, self.store.consistent_index), last)
+        if commit > state.hard_state.commit:
+            state.hard_state = msgspec.structs.replace(state.hard_state, commit=commit)
+        self._persisted_hs = state.hard_state  # the newest HardState on disk
+        self._latest_hs = state.hard_state  # the newest HardState Raft handed out
         self._snap_index = state.snapshot.meta.index
         brand_new = not state.entries and state.snapshot.meta.index == 0 and state.hard_state.term == 0
         voters: tuple[int, ...] = ()
@@ -553,9 +561,10 @@ class Member:
         try:
             if early:
                 self._send(rd.messages)
-            if rd.must_sync:
-                await loop.run_in_executor(None, self.raftlog.save, rd.hard_state, rd.entries,
-                                           rd.snapshot)
+            if self._must_write(rd):
+                hs = self._latest_hs if self._latest_hs != self._persisted_hs else None
+                await loop.run_in_executor(None, self.raftlog.save, hs, rd.entries, rd.snapshot)
+                self._persisted_hs = self._latest_hs
             if not early:
                 self._send(rd.messages)
         finally:
@@ -569,6 +578,17 @@ class Member:
                 self._reads_ready.append((rs.index, entry[0]))
         self.node.advance(rd)
         self._release_reads()
+
+    def _must_write(self, rd: Ready) -> bool:
+        """etcd's MustSync: new entries, a snapshot, or a new term or vote need a synced write
+        before anything goes out; a HardState that only moves the commit index does not (it
+        rides along with the next write, and a restart recovers it from the applied index).
+        That spares the leader one fsync per batch."""
+        if rd.hard_state is not None:
+            self._latest_hs = rd.hard_state
+        persisted = self._persisted_hs
+        new_vote = (self._latest_hs.term, self._latest_hs.vote) != (persisted.term, persisted.vote)
+        return bool(rd.entries) or rd.snapshot is not None or new_vote
 
     def _release_reads(self) -> None:
         keep = []
