@@ -25,7 +25,6 @@ import platform
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,8 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "node"))
+from harness import free_ports  # noqa: E402  (the tests' free-port helper)
 BENCH_DIR = (REPO / ".." / "shared" / "bench").resolve()
 KVBENCH = BENCH_DIR / "bin" / "kvbench"
 GiB = 1024 ** 3
@@ -83,18 +84,6 @@ def kvbench_for_txn(tmp: Path, log) -> Path:
     log(f"txn-put: kvbench's compare '>=' 0 panics in clientv3 3.4; using {out} "
         "(compare '>' -1, otherwise identical)")
     return out
-
-
-def free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
 
 
 def etcdctl(endpoints: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -277,30 +266,24 @@ class Sampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
-    def _cpu(self) -> dict[str, float]:
-        out = {}
-        for ep, procs in self.procs.items():
-            total = 0.0
-            for p in procs:
-                try:
-                    t = p.cpu_times()
-                    total += t.user + t.system
-                except psutil.Error:
-                    pass
-            out[ep] = total
-        return out
-
-    def rss(self) -> dict[str, int]:
+    def _per_member(self, read) -> dict[str, float]:
+        """member -> ``read(process)`` summed over its processes (gone ones count 0)."""
         out = {}
         for ep, procs in self.procs.items():
             total = 0
             for p in procs:
                 try:
-                    total += p.memory_info().rss
+                    total += read(p)
                 except psutil.Error:
                     pass
             out[ep] = total
         return out
+
+    def _cpu(self) -> dict[str, float]:
+        return self._per_member(lambda p: sum(p.cpu_times()[:2]))
+
+    def rss(self) -> dict[str, int]:
+        return self._per_member(lambda p: p.memory_info().rss)
 
     def _poll(self) -> None:
         while not self._stop.is_set():
