@@ -100,6 +100,7 @@ _KINDS: dict[str, type] = {
     "member_attr": MemberRecord,
 }
 _KIND_OF = {cls: name for name, cls in _KINDS.items()}
+INLINE_APPLY_MAX = 2  # committed entries applied on the loop thread rather than in a worker
 _DECODERS = {name: msgspec.msgpack.Decoder(cls) for name, cls in _KINDS.items()}
 _decode_proposal = msgspec.msgpack.Decoder(Proposal).decode
 _decode_conf_context = msgspec.msgpack.Decoder(ConfContext).decode
@@ -693,8 +694,13 @@ class Member:
             batch.append((e.index, request))
             rids.append(rid)
         loop = asyncio.get_running_loop()
-        async with self.apply_lock:
-            result = await loop.run_in_executor(None, self.store.apply, batch)
+        if len(batch) <= INLINE_APPLY_MAX and not self.apply_lock.locked():
+            # One or two entries (a lone client): handing them to a thread and back costs more
+            # than their short commit blocks the loop.
+            result = self.store.apply(batch)
+        else:
+            async with self.apply_lock:
+                result = await loop.run_in_executor(None, self.store.apply, batch)
         self.hub.notify(result.events)
         if registry_changed:
             self.registry.applied = entries[-1].index
