@@ -314,7 +314,7 @@ class Store:
         granted: list[tuple[int, int]] = []
         revoked: list[int] = []
         current, compact, applied = self._current_rev, self._compact_rev, self._consistent_index
-        base_size, batch_cost, nospace = self.size(), 0, False
+        base_size, batch_cost, nospace = self._known_size, 0, False
         with self._env.begin(write=True) as txn:
             for raft_index, request in batch:
                 if raft_index <= applied:
