@@ -41,9 +41,12 @@ import zmq
 from shardkv.api import errors as api_errors
 from shardkv.api.etcdserverpb import rpc_pb2_grpc
 from shardkv.mvcc import kv
+from shardkv.node.member import DECODERS, KIND_OF
 from shardkv.node.services.kv import KVService
+from shardkv.node.transport import waiting
 
 log = logging.getLogger("shardkv.intake")
+
 
 class IntakeConfig(msgspec.Struct):
     member_zmq: str
@@ -52,40 +55,19 @@ class IntakeConfig(msgspec.Struct):
     max_receive: int
 
 
-_REQUESTS: dict[str, type] = {
-    "range": kv.RangeRequest,
-    "put": kv.PutRequest,
-    "delete_range": kv.DeleteRangeRequest,
-    "txn": kv.TxnRequest,
-    "compaction": kv.CompactionRequest,
-}
-_RESPONSES: dict[str, type] = {
+_RESPONSES: dict[str, type] = {  # the KV kinds an intake serves -> their responses
     "range": kv.RangeResponse,
     "put": kv.PutResponse,
     "delete_range": kv.DeleteRangeResponse,
     "txn": kv.TxnResponse,
     "compaction": kv.CompactionResponse,
 }
-_KIND_OF = {cls: name for name, cls in _REQUESTS.items()}
-_REQUEST_DECODERS = {k: msgspec.msgpack.Decoder(c) for k, c in _REQUESTS.items()}
 _RESPONSE_DECODERS = {k: msgspec.msgpack.Decoder(c) for k, c in _RESPONSES.items()}
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 _encode = msgspec.msgpack.Encoder().encode
 _decode_batch = msgspec.msgpack.Decoder(list[tuple[int, str, bytes]]).decode
 _decode_replies = msgspec.msgpack.Decoder(list[tuple[int, int, bytes]]).decode
 _decode_error = msgspec.msgpack.Decoder(tuple[int, str]).decode
-
-
-def _drain(sock: zmq.Socket) -> list[list[bytes]]:
-    """Every multipart message waiting on ``sock`` (ZeroMQ's FD is edge-triggered: read until
-    empty, or a wakeup is lost)."""
-    out = []
-    while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-        try:
-            out.append(sock.recv_multipart(zmq.NOBLOCK))
-        except zmq.Again:
-            break
-    return out
 
 
 # ---------------------------------------------------------------------------- member side
@@ -112,7 +94,7 @@ class IntakeHub:
         loop.add_reader(self._sock.getsockopt(zmq.FD), self._on_readable)
 
     def _on_readable(self) -> None:
-        for identity, payload in _drain(self._sock):
+        for identity, payload in waiting(self._sock):
             for rid, kind, body in _decode_batch(payload):
                 task = self._loop.create_task(self._serve(identity, rid, kind, body))
                 self._tasks.add(task)
@@ -120,7 +102,9 @@ class IntakeHub:
 
     async def _serve(self, identity: bytes, rid: int, kind: str, body: bytes) -> None:
         try:
-            resp = await self._execute(_REQUEST_DECODERS[kind].decode(body))
+            if kind not in _RESPONSES:
+                raise ValueError(f"not a KV request kind: {kind!r}")  # only KV comes this way
+            resp = await self._execute(DECODERS[kind].decode(body))
             reply = (rid, 0, _encode(resp))
         except api_errors.EtcdError as exc:
             reply = (rid, 1, _encode((exc.code.value[0], exc.message)))
@@ -222,7 +206,7 @@ class RemoteKV:
         loop.add_reader(self._sock.getsockopt(zmq.FD), self._on_readable)
 
     async def execute(self, request: Any) -> Any:
-        kind = _KIND_OF[type(request)]
+        kind = KIND_OF[type(request)]
         rid = next(self._ids)
         fut = self._loop.create_future()
         self._waiting[rid] = (kind, fut)
@@ -242,7 +226,7 @@ class RemoteKV:
             self._on_readable()
 
     def _on_readable(self) -> None:
-        for (payload,) in _drain(self._sock):
+        for (payload,) in waiting(self._sock):
             for rid, status, body in _decode_replies(payload):
                 kind, fut = self._waiting.get(rid, (None, None))
                 if fut is None or fut.done():

@@ -88,7 +88,7 @@ class ConfContext(msgspec.Struct, array_like=True):
     member: MemberRecord | None = None
 
 
-_KINDS: dict[str, type] = {
+REQUEST_KINDS: dict[str, type] = {  # proposal kind -> request struct (intake.py too)
     "range": RangeRequest,
     "put": PutRequest,
     "delete_range": DeleteRangeRequest,
@@ -99,11 +99,11 @@ _KINDS: dict[str, type] = {
     "alarm": AlarmRequest,
     "member_attr": MemberRecord,
 }
-_KIND_OF = {cls: name for name, cls in _KINDS.items()}
-INLINE_APPLY_MAX = 2  # committed entries applied on the loop thread rather than in a worker
-_DECODERS = {name: msgspec.msgpack.Decoder(cls) for name, cls in _KINDS.items()}
+KIND_OF = {cls: name for name, cls in REQUEST_KINDS.items()}
+DECODERS = {name: msgspec.msgpack.Decoder(cls) for name, cls in REQUEST_KINDS.items()}
 _decode_proposal = msgspec.msgpack.Decoder(Proposal).decode
 _decode_conf_context = msgspec.msgpack.Decoder(ConfContext).decode
+INLINE_APPLY_MAX = 2  # committed entries applied on the loop thread rather than in a worker
 
 
 @dataclass
@@ -337,7 +337,7 @@ class Member:
     async def propose(self, request: Any) -> Any:
         """Replicate ``request`` and return its result once applied here (raise etcd errors)."""
         rid = next(self._rid)
-        data = encode(Proposal(rid, _KIND_OF[type(request)], encode(request)))
+        data = encode(Proposal(rid, KIND_OF[type(request)], encode(request)))
         if len(data) > self.cfg.max_request_bytes:
             raise api_errors.ErrRequestTooLarge
         fut = asyncio.get_running_loop().create_future()
@@ -562,6 +562,8 @@ class Member:
         try:
             if early:
                 self._send(rd.messages)
+            if rd.hard_state is not None:
+                self._latest_hs = rd.hard_state
             if self._must_write(rd):
                 hs = self._latest_hs if self._latest_hs != self._persisted_hs else None
                 await loop.run_in_executor(None, self.raftlog.save, hs, rd.entries, rd.snapshot)
@@ -585,8 +587,6 @@ class Member:
         before anything goes out; a HardState that only moves the commit index does not (it
         rides along with the next write, and a restart recovers it from the applied index).
         That spares the leader one fsync per batch."""
-        if rd.hard_state is not None:
-            self._latest_hs = rd.hard_state
         persisted = self._persisted_hs
         new_vote = (self._latest_hs.term, self._latest_hs.vote) != (persisted.term, persisted.vote)
         return bool(rd.entries) or rd.snapshot is not None or new_vote
@@ -731,7 +731,7 @@ class Member:
         if not e.data:
             return 0, None, False
         p = _decode_proposal(e.data)
-        request = _DECODERS[p.kind].decode(p.body)
+        request = DECODERS[p.kind].decode(p.body)
         if p.kind == "member_attr":
             changed = e.index > self.registry.applied and self._apply_member_attr(request)
             return p.rid, None, changed

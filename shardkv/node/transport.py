@@ -18,7 +18,7 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import urlparse
 
 import zmq
@@ -44,6 +44,17 @@ def zmq_endpoint(url: str) -> str:
         raise ValueError(f"peer URL {url!r} needs a host and a port")
     host = "*" if parsed.hostname in ("0.0.0.0", "::") else parsed.hostname
     return f"tcp://{host}:{parsed.port}"
+
+
+def waiting(sock: zmq.Socket) -> Iterator[list[bytes]]:
+    """Every multipart message waiting on ``sock``, without blocking. Reads until EAGAIN: that
+    re-arms ZeroMQ's edge-triggered FD, so no wakeup is lost."""
+    recv = sock.recv_multipart
+    while True:
+        try:
+            yield recv(_NOBLOCK)
+        except zmq.Again:
+            return
 
 
 class PeerTransport:
@@ -87,12 +98,7 @@ class PeerTransport:
     def drain(self) -> None:
         """Receive everything waiting, without blocking; called on FD events and each loop turn
         (ZeroMQ's FD is edge-triggered, so a missed edge must not strand messages)."""
-        recv = self._pull.recv_multipart
-        while True:
-            try:
-                frames = recv(_NOBLOCK)  # until EAGAIN: that re-arms the edge-triggered FD
-            except zmq.Again:
-                return
+        for frames in waiting(self._pull):
             first = frames[0]
             if len(first) < _HEAD.size:
                 continue
