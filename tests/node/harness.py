@@ -5,6 +5,7 @@ Every wait is bounded; every process started here is killed by ``Cluster.close``
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -17,16 +18,34 @@ from pathlib import Path
 ETCDCTL = shutil.which("etcdctl")
 
 
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_ports(n: int) -> list[int]:
-    """n distinct ports the kernel reports free right now."""
+    """n distinct ports free right now, chosen below the kernel's ephemeral range: a port the
+    kernel hands out for ``bind(0)`` (ZeroMQ's random ports, a member's private gRPC port, any
+    other test's) can be taken between this pick and the member's bind, and was (a restored
+    cluster's member failed with "address already in use" under a parallel CI run)."""
+    low, high = 10000, max(10000 + 1000, _ephemeral_start())
     socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
+    try:
+        while len(ports) < n:
+            port = random.randrange(low, high)
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
+            socks.append(s)
+            ports.append(port)
+    finally:
+        for s in socks:
+            s.close()
     return ports
 
 
