@@ -1,7 +1,8 @@
 """The floor under every shardkv request: a bare grpc.aio (or sync grpc) KV server that answers
 Put with a constant PutResponse, loaded by kvbench; prints qps and server CPU µs per call.
 
-    python3 scripts/bench_grpc_floor.py                  # grpc.aio, then sync grpc with 16 threads
+    python3 scripts/bench_grpc_floor.py              # grpc.aio, shardkv.grpcwire, sync grpc (16 threads)
+    python3 scripts/bench_grpc_floor.py native       # one of them
 """
 from __future__ import annotations
 
@@ -37,9 +38,10 @@ class SyncKV(rpc_pb2_grpc.KVServicer):
 
 
 def serve(mode: str, port: int) -> None:
-    if mode == "aio":
+    if mode in ("aio", "native"):
         async def main() -> None:
-            server = grpc.aio.server()
+            from shardkv.grpcwire import Server
+            server = grpc.aio.server() if mode == "aio" else Server()
             rpc_pb2_grpc.add_KVServicer_to_server(AsyncKV(), server)
             server.add_insecure_port(f"127.0.0.1:{port}")
             await server.start()
@@ -78,5 +80,5 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--serve"]:
         serve(sys.argv[2], int(sys.argv[3]))
     else:
-        for mode in ("aio", "sync"):
+        for mode in sys.argv[1:] or ("aio", "native", "sync"):
             measure(mode, 20000)

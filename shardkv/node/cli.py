@@ -65,13 +65,15 @@ async def serve(settings: flags.Settings) -> int:
     workers = settings.int("client-workers")
     if workers < 0:
         raise flags.FlagError("--client-workers must be 0 or more")
+    if settings.get("grpc-server") not in ("native", "grpcio"):
+        raise flags.FlagError("--grpc-server must be native or grpcio")
     intakes = intake.start_processes(workers)
     try:
         member = Member(member_config(settings))
         member.open()
         # With intake processes the member's own server is private to them (loopback).
         server, channels, ports = build_server(member, ["127.0.0.1:0"] if workers else
-                                               client_addresses)
+                                               client_addresses, settings.get("grpc-server"))
         await server.start()
         await member.start()
     except BaseException:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import grpc
 
+from shardkv import grpcwire
 from shardkv.api.etcdserverpb import rpc_pb2_grpc
 from shardkv.api.v3electionpb import v3election_pb2_grpc
 from shardkv.api.v3lockpb import v3lock_pb2_grpc
@@ -21,16 +22,22 @@ def max_receive_bytes(member: Member) -> int:
     return member.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES
 
 
-def build_server(member: Member, listen: list[str]) -> tuple[grpc.aio.Server, LeaderChannels,
-                                                             list[int]]:
+def build_server(member: Member, listen: list[str], kind: str = "native"
+                 ) -> tuple[grpc.aio.Server | grpcwire.Server, LeaderChannels, list[int]]:
     """A gRPC server with every service, bound to ``listen`` (host:port, port 0 picks one);
-    not started. Returns the bound ports too."""
+    not started. Returns the bound ports too. ``kind``: "native" (shardkv.grpcwire) or
+    "grpcio" (grpc.aio)."""
     limit = max_receive_bytes(member)
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", limit),
-        ("grpc.max_send_message_length", 2**31 - 1),
-        ("grpc.so_reuseport", 0),  # a second member on the same port must fail, not share it
-    ])
+    if kind == "native":
+        server = grpcwire.Server(max_receive_message_length=limit)
+    elif kind == "grpcio":
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", 2**31 - 1),
+            ("grpc.so_reuseport", 0),  # a second member on the same port must fail, not share
+        ])
+    else:
+        raise ValueError(f"--grpc-server: want native or grpcio, not {kind!r}")
     channels = LeaderChannels(member)
     rpc_pb2_grpc.add_KVServicer_to_server(KVService(LocalKV(member)), server)
     rpc_pb2_grpc.add_WatchServicer_to_server(WatchService(member), server)
