@@ -70,6 +70,7 @@ log = logging.getLogger("shardkv.member")
 SNAPSHOT_CATCHUP_ENTRIES = 5000  # etcd keeps this many entries after a snapshot for slow peers
 LEASE_CHECK_INTERVAL = 0.5
 WATCH_SYNC_INTERVAL = 0.1
+READ_RETRY_TICKS = 5  # heartbeats (100 ms by default) before an unanswered ReadIndex is resent
 PROGRESS_NOTIFY_INTERVAL = 600.0  # etcd's default watch progress notify interval
 
 
@@ -268,11 +269,7 @@ class Member:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        # etcd's --initial-election-tick-advance: fast-forward to one tick before the election
-        # timeout, so a new cluster elects within ~1 heartbeat to 1 election timeout instead of
-        # 1-2 election timeouts. Pre-vote keeps this from disturbing a cluster that has a leader.
-        for _ in range(self.node.raft.cfg.election_tick - 1):
-            self.node.tick()
+        self._tick_advance_pending = True
         self.transport.start(loop)
         self._schedule_tick(loop)
         compaction = compactor.run(self, self.cfg.auto_compaction_mode,
@@ -476,6 +473,8 @@ class Member:
         feedback, self._feedback = self._feedback, []
         for fn in feedback:
             fn()
+        if self._tick_advance_pending:
+            self._advance_ticks()
         for _ in range(self._ticks_due):
             node.tick()
             self._tick_count += 1
@@ -493,6 +492,21 @@ class Member:
         self._fail_if_leaderless()
         self._feed_conf_changes()
         self._feed_reads()
+
+    def _advance_ticks(self) -> None:
+        """etcd's --initial-election-tick-advance: fast-forward to one tick before the election
+        timeout, so a new cluster elects within ~1 heartbeat to 1 election timeout instead of
+        1-2 election timeouts. Pre-vote keeps this from disturbing a cluster that has a leader.
+        Like etcd, wait until a peer is connected (or there is none): a campaign whose votes
+        cannot leave waits out a whole randomized election timeout again."""
+        raft = self.node.raft
+        peers = [p for p in raft.conf.voters if p != self.id]
+        if peers and not self.transport.connected() \
+                and raft.election_elapsed < raft.cfg.election_tick - 1:
+            return
+        self._tick_advance_pending = False
+        while raft.election_elapsed < raft.cfg.election_tick - 1 and raft.lead == NONE:
+            self.node.tick()
 
     def _fail_if_leaderless(self) -> None:
         """Requests queued while no leader is known fail with "no leader" after two election
@@ -535,9 +549,10 @@ class Member:
         self._reads_inflight[ctx] = (waiters, self._tick_count)
 
     def _retry_stale_reads(self) -> None:
-        """A ReadIndex lost with a leader change never comes back: ask again after an election
-        timeout (the old context, should it arrive, is ignored)."""
-        limit = self.node.raft.cfg.election_tick
+        """A ReadIndex lost on the way (a leader change, a connection not yet up) never comes
+        back: ask again after READ_RETRY_TICKS, etcd's 500 ms readIndexRetryTime (the old
+        context, should it arrive, is ignored)."""
+        limit = min(READ_RETRY_TICKS, self.node.raft.cfg.election_tick)
         for ctx, (waiters, issued) in list(self._reads_inflight.items()):
             if self._tick_count - issued >= limit:
                 del self._reads_inflight[ctx]
@@ -607,6 +622,12 @@ class Member:
             self._leaderless_since = self._leaderless_since or time.monotonic()
         else:
             self._leaderless_since = None
+            # ReadIndex requests sent before this leader was known may be lost (a candidate or
+            # a leaderless follower drops them): ask the new leader now rather than after an
+            # election timeout. A late answer to an old context is ignored.
+            for waiters, _ in self._reads_inflight.values():
+                self._read_waiters.extend(waiters)
+            self._reads_inflight.clear()
         self._adopt_role(soft)
         self._last_leader = soft.lead or self._last_leader
 
@@ -645,6 +666,10 @@ class Member:
             if m.type == MessageType.PROP:
                 for e in m.entries:
                     self._unsent.append((_decode_proposal(e.data).rid, e.data))
+            elif m.type == MessageType.READ_INDEX:
+                entry = self._reads_inflight.pop(m.context, None)
+                if entry is not None:  # asked again at the next tick
+                    self._reads_inflight[m.context] = (entry[0], -READ_RETRY_TICKS)
 
     async def _send_snapshot(self, m: Message) -> None:
         """Ship the whole store out of band with the SNAPSHOT message, then tell Raft."""

@@ -125,6 +125,12 @@ class PeerTransport:
             self._peers[pid] = sock
             self._peer_urls[pid] = tuple(urls)
 
+    def connected(self) -> list[int]:
+        """Peers with a live connection now (with ZMQ_IMMEDIATE a PUSH socket is writable only
+        once a connection to its peer is up)."""
+        return [pid for pid, sock in self._peers.items()
+                if sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT]
+
     def send(self, to: int, kind: bytes, frames: list[bytes]) -> bool:
         """Queue one multipart message for ``to``; False if it cannot go now."""
         sock = self._peers.get(to)
