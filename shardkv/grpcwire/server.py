@@ -76,6 +76,20 @@ class Context:
     def cancelled(self) -> bool:
         return self._stream.reset
 
+    def push(self, payload: bytes) -> bool:
+        """Queue one serialized message of a streaming response at once, from any callback,
+        without a task switch (a watch fan-out reaches many streams in one loop step). False
+        once the client is behind: the caller then awaits ``drained()`` before pushing more."""
+        stream = self._stream
+        if stream.reset:
+            return False
+        stream.append(payload)
+        return stream.can_take()
+
+    async def drained(self) -> None:
+        """Wait until the client has taken what was pushed (or the call is gone)."""
+        await self._stream.drain()
+
 
 class Stream:
     """One call: its request bytes or messages, its send window and what is still unsent."""
@@ -118,12 +132,19 @@ class Stream:
                        + h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, sid, _OK_TRAILERS))
             conn.close_stream(self)
             return
-        self._append(payload)
+        self.append(payload)
         self.finish(0, "")
 
     async def send_message(self, payload: bytes) -> None:
         """One message of a streaming response; waits while the client is not reading."""
-        self._append(payload)
+        self.append(payload)
+        await self.drain()
+
+    def can_take(self) -> bool:
+        return len(self.pending) <= SEND_HIGH_WATER and self.conn.writable.is_set() \
+            and not self.reset
+
+    async def drain(self) -> None:
         conn = self.conn
         while (len(self.pending) > SEND_HIGH_WATER or not conn.writable.is_set()) \
                 and not self.reset:
@@ -135,7 +156,7 @@ class Stream:
         if self.reset:
             raise asyncio.CancelledError()
 
-    def _append(self, payload: bytes) -> None:
+    def append(self, payload: bytes) -> None:
         if not self.headers_sent:
             self.headers_sent = True
             self.conn.queue(h2.frame(h2.HEADERS, h2.END_HEADERS, self.id, h2.RESPONSE_HEADERS))

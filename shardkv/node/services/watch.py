@@ -3,6 +3,7 @@ requests into hub calls; the handler itself sends whatever the stream's watchers
 from __future__ import annotations
 
 import asyncio
+from typing import Callable
 
 import grpc
 
@@ -26,7 +27,11 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
         require_leader = _requires_leader(context)
         if require_leader and self.m.leader == NONE:
             await context.abort(errors.ErrNoLeader.code, errors.ErrNoLeader.message)
-        stream = _Stream(self.m)
+        # With shardkv.grpcwire, responses are pushed from a loop callback as soon as watchers
+        # have events (no task switch per stream: one applied put may reach thousands of
+        # watchers); this task then only waits out a slow client. grpc.aio: yielded here.
+        push = getattr(context, "push", None)
+        stream = _Stream(self.m, push)
         reader = asyncio.create_task(stream.read(request_iterator))
         check_every = self.m.cfg.election_ms / 1000
         try:
@@ -40,8 +45,13 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                         await context.abort(errors.ErrNoLeader.code, errors.ErrNoLeader.message)
                     continue
                 stream.ready.clear()
-                for resp in stream.drain():
-                    yield resp
+                if push is None:
+                    for resp in stream.drain():
+                        yield resp
+                else:
+                    await context.drained()
+                    stream.blocked = False
+                    stream.flush()
                 if reader.done():
                     return
         finally:
@@ -56,9 +66,13 @@ def _requires_leader(context: grpc.aio.ServicerContext) -> bool:
 
 
 class _Stream:
-    def __init__(self, member: Member) -> None:
+    def __init__(self, member: Member, push: Callable[[bytes], bool] | None = None) -> None:
         self.m = member
-        self.ready = asyncio.Event()
+        self.ready = asyncio.Event()  # the handler task has something to do
+        self.push = push
+        self.flush_scheduled = False
+        self.blocked = False  # pushing waits until the client has read what is queued
+        self.closed = False
         self.watchers: dict[int, Watcher] = {}
         self.control: list[pb.WatchResponse] = []
         self.fragmented: set[int] = set()  # watch ids created with fragment=true
@@ -81,7 +95,7 @@ class _Stream:
         elif which == "progress_request":
             self.control.append(pb.WatchResponse(header=convert.header(self.m.header()),
                                                  watch_id=PROGRESS_WATCH_ID))
-            self.ready.set()
+            self.wake()
 
     def _create(self, c: pb.WatchCreateRequest) -> None:
         create = kv.WatchCreateRequest(key=c.key, range_end=c.range_end,
@@ -90,19 +104,39 @@ class _Stream:
                                        filters=list(c.filters), prev_kv=c.prev_kv,
                                        watch_id=c.watch_id, fragment=c.fragment)
         try:
-            watcher = self.m.hub.watch(create, on_ready=self.ready.set)
+            watcher = self.m.hub.watch(create, on_ready=self.wake)
         except ValueError:
             # etcd: a create for a watch id in use answers created+canceled
             self.control.append(pb.WatchResponse(header=convert.header(self.m.header()),
                                                  watch_id=c.watch_id, created=True,
                                                  canceled=True,
                                                  cancel_reason="etcdserver: duplicate watch ID"))
-            self.ready.set()
+            self.wake()
             return
         self.watchers[watcher.id] = watcher
         if c.fragment:
             self.fragmented.add(watcher.id)
-        self.ready.set()
+        self.wake()
+
+    def wake(self) -> None:
+        """Responses are waiting: push them from a loop callback, or wake the handler task."""
+        if self.push is None or self.blocked:
+            self.ready.set()
+        elif not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Push every waiting response; if the client falls behind, the handler task waits
+        for it and flushes again."""
+        self.flush_scheduled = False
+        if self.closed or self.blocked:
+            return
+        for resp in self.drain():
+            if not self.push(resp.SerializeToString()):
+                self.blocked = True
+        if self.blocked:
+            self.ready.set()
 
     def drain(self) -> list[pb.WatchResponse]:
         out, self.control = self.control, []
@@ -124,6 +158,7 @@ class _Stream:
         return out
 
     def close(self) -> None:
+        self.closed = True
         for watch_id in list(self.watchers):
             self.m.hub.cancel(watch_id)
         self.watchers.clear()
