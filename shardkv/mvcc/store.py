@@ -293,22 +293,27 @@ class Store:
 
     # ---------------------------------------------------------------- writes
 
-    def apply(self, batch: Sequence[tuple[int, WriteRequest | None]]) -> ApplyResult:
+    def apply(self, batch: Sequence[tuple[int, WriteRequest | None]],
+              computed: Callable[[list[Result]], None] | None = None) -> ApplyResult:
         """Apply committed Raft entries ``(index, request)`` in one durable LMDB transaction.
 
         Entries at or below ``consistent_index`` were applied before a restart and are skipped
         (result None); ``request`` None (e.g. an empty or conf-change entry) only advances the
         applied index. A failing request yields its ``EtcdError`` as result and changes nothing.
+        ``computed`` is handed the results before the commit and its fsync (the entries are
+        already durable in the Raft log, so their answers are final); it may be called again
+        with the same results if the transaction is retried.
         """
         while True:
             try:
-                return self._apply_once(batch)
+                return self._apply_once(batch, computed)
             except lmdb.MapFullError:
                 # The whole transaction was aborted; retry it with a bigger map.
                 self._map_size *= 2
                 self._env.set_mapsize(self._map_size)
 
-    def _apply_once(self, batch: Sequence[tuple[int, WriteRequest | None]]) -> ApplyResult:
+    def _apply_once(self, batch: Sequence[tuple[int, WriteRequest | None]],
+                    computed: Callable[[list[Result]], None] | None) -> ApplyResult:
         results: list[Result] = []
         events: list[Event] = []
         granted: list[tuple[int, int]] = []
@@ -354,6 +359,8 @@ class Store:
             txn.put(_CURRENT_REV, _I64.pack(current), db=self._dbs.meta)
             txn.put(_COMPACT_REV, _I64.pack(compact), db=self._dbs.meta)
             txn.put(_CONSISTENT_INDEX, _I64.pack(applied), db=self._dbs.meta)
+            if computed is not None:
+                computed(results)
         self._current_rev, self._compact_rev, self._consistent_index = current, compact, applied
         self._known_size = self.size()
         for lease_id, ttl in granted:

@@ -163,6 +163,8 @@ class Member:
         self.stopped = asyncio.Event()
         self._wake = asyncio.Event()
         self._applied_event = asyncio.Event()
+        self._unsettled = 0  # store applies whose KV answers left before their commit
+        self._early: set[int] = set()  # proposals answered before the store commit
         self._rid = itertools.count(secrets.randbits(40) << 20)
         self._waiters: dict[int, asyncio.Future] = {}
         self._proposals: list[tuple[int, bytes]] = []  # (request id, entry data)
@@ -331,14 +333,18 @@ class Member:
 
     # ------------------------------------------------------------------ client requests
 
-    async def propose(self, request: Any) -> Any:
-        """Replicate ``request`` and return its result once applied here (raise etcd errors)."""
+    async def propose(self, request: Any, early: bool = False) -> Any:
+        """Replicate ``request`` and return its result once applied here (raise etcd errors).
+        ``early``: the result may come before the store's commit is visible (a client's KV
+        write; see _apply); callers that read the store next must not ask for it."""
         rid = next(self._rid)
         data = encode(Proposal(rid, KIND_OF[type(request)], encode(request)))
         if len(data) > self.cfg.max_request_bytes:
             raise api_errors.ErrRequestTooLarge
         fut = asyncio.get_running_loop().create_future()
         self._waiters[rid] = fut
+        if early:
+            self._early.add(rid)
         self._proposals.append((rid, data))
         self._wake.set()
         return await self._applied_result(rid, fut)
@@ -352,6 +358,7 @@ class Member:
             raise self._timeout_error() from None
         finally:
             self._waiters.pop(rid, None)
+            self._early.discard(rid)
         if isinstance(result, BaseException):
             raise to_api_error(result)
         return result
@@ -719,7 +726,22 @@ class Member:
             batch.append((e.index, request))
             rids.append(rid)
         loop = asyncio.get_running_loop()
-        if len(batch) <= INLINE_APPLY_MAX and not self.apply_lock.locked():
+        early = [i for i, rid in enumerate(rids) if rid in self._early]
+        if early:
+            # Client KV writes are answered as soon as their results are computed, while the
+            # store's commit syncs: the entries are committed in the Raft log, so the answers
+            # are final and durable, and a client's next read or watch that could miss them
+            # waits (linearizable reads for the applied index, the rest in settled()).
+            def computed(results: list[Any]) -> None:  # on the executor thread
+                loop.call_soon_threadsafe(self._answer, [rids[i] for i in early],
+                                          [results[i] for i in early])
+            async with self.apply_lock:
+                self._unsettled += 1
+                try:
+                    result = await loop.run_in_executor(None, self.store.apply, batch, computed)
+                finally:
+                    self._unsettled -= 1
+        elif len(batch) <= INLINE_APPLY_MAX and not self.apply_lock.locked():
             # One or two entries (a lone client): handing them to a thread and back costs more
             # than their short commit blocks the loop.
             result = self.store.apply(batch)
@@ -734,10 +756,7 @@ class Member:
             self._tell_removed()
             self._connect_peers()
         self.applied = max(self.applied, entries[-1].index)
-        for rid, res in zip(rids, result.results):
-            fut = self._waiters.pop(rid, None)
-            if fut is not None and not fut.done():
-                fut.set_result(res)
+        self._answer(rids, result.results)
         event, self._applied_event = self._applied_event, asyncio.Event()
         event.set()
         if result.propose_alarm is not None and self.is_leader:
@@ -745,6 +764,22 @@ class Member:
         if self._removed:
             log.warning("the member has been permanently removed from the cluster; stopping")
             self.stopped.set()
+
+    def _answer(self, rids: list[int], results: list[Any]) -> None:
+        for rid, res in zip(rids, results):
+            fut = self._waiters.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(res)
+
+    @property
+    def unsettled(self) -> bool:
+        return self._unsettled > 0
+
+    async def settled(self) -> None:
+        """Wait until every KV write already answered is visible in the store (answers leave
+        before the store's commit): a serializable read must see its own client's writes."""
+        while self._unsettled:
+            await self._applied_event.wait()
 
     def _decode_entry(self, e: Entry) -> tuple[int, Any, bool]:
         """(request id, request for the store or None, registry changed)."""

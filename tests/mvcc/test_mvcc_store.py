@@ -330,3 +330,17 @@ def test_old_index_layout_is_migrated_on_open(tmp_path):
         assert s.range(RangeRequest(key=b"a", revision=2)).kvs[0].value == b"1"
         assert [kv.value for kv in s.range(RangeRequest(key=b"a", range_end=b"c")).kvs] == [
             b"2", b"x"]
+
+
+def test_computed_results_come_before_the_commit_and_match_it(store):
+    """The node answers KV writes from ``computed`` while the commit syncs: the results must
+    be the committed ones, and the store must not show them yet."""
+    seen = []
+
+    def computed(results):
+        seen.append((list(results), store.range(RangeRequest(key=b"k")).count))
+
+    out = store.apply([(1, put(b"k")), (2, DeleteRangeRequest(key=b"nothing"))], computed)
+    [(results, count_then)] = seen
+    assert results == out.results and count_then == 0
+    assert store.range(RangeRequest(key=b"k")).count == 1

@@ -58,13 +58,17 @@ async def execute(m: Member, req: KVRequest) -> Any:
         if isinstance(req, kv.RangeRequest):
             if not req.serializable:
                 await m.linearizable_barrier()
+            elif m.unsettled:
+                await m.settled()
             resp = local(m.store.range, req)
         elif isinstance(req, kv.TxnRequest) and is_readonly_txn(req):
             if not _all_serializable(req):
                 await m.linearizable_barrier()
+            elif m.unsettled:
+                await m.settled()
             resp = local(m.store.txn_readonly, req)
         else:
-            resp = await m.propose(req)
+            resp = await m.propose(req, early=True)
     resp.header = m.header(resp.header.revision)
     return resp
 

@@ -80,6 +80,8 @@ class _Stream:
     async def read(self, request_iterator) -> None:
         try:
             async for req in request_iterator:
+                if self.m.unsettled and req.HasField("create_request"):
+                    await self.m.settled()  # a watch from "now" starts after writes answered
                 self._handle(req)
         finally:
             self.ready.set()
