@@ -37,6 +37,10 @@ _OK_TRAILERS = h2.status_block(0, "")
 _END = object()  # end of a client's request stream
 
 
+def _same(message: bytes) -> bytes:
+    return message
+
+
 class _Abort(Exception):
     """Raised by ``Context.abort``: the call ends with the context's status."""
 
@@ -484,8 +488,13 @@ class Connection(asyncio.Protocol):
             yield item
 
     def _start(self, stream: Stream, request: Any) -> None:
-        stream.data = bytearray()
         handler = stream.handler
+        if handler.request_deserializer is None or handler.response_serializer is None:
+            # a raw-bytes handler (generic relays): messages pass as they are
+            stream.handler = handler = handler._replace(
+                request_deserializer=handler.request_deserializer or _same,
+                response_serializer=handler.response_serializer or _same)
+        stream.data = bytearray()
         if handler.response_streaming:
             stream.task = self.loop.create_task(self._streaming(stream, handler, request))
         else:

@@ -252,3 +252,27 @@ def test_request_larger_than_the_stream_window() -> None:
         resp = await kv.Put(pb.PutRequest(key=b"k", value=b"v" * (20 * 1024 * 1024)))
         assert resp.header.revision == 20 * 1024 * 1024
     run(scenario, max_receive=40 * 1024 * 1024)
+
+
+def test_generic_raw_bytes_handler_serves_any_method() -> None:
+    """A generic handler without (de)serializers sees and returns message bytes (the shape of
+    the intake processes' relay)."""
+    class Echo(grpc.GenericRpcHandler):
+        def service(self, details):
+            async def echo(requests, context):
+                async for raw in requests:
+                    yield raw[::-1]
+            return grpc.stream_stream_rpc_method_handler(echo)
+
+    async def main() -> None:
+        server = Server()
+        server.add_generic_rpc_handlers([Echo()])
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = channel.unary_unary("/any.Service/Method")
+                assert await call(b"abc", timeout=10) == b"cba"
+        finally:
+            await server.stop(0)
+    asyncio.run(main())
