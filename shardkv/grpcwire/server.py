@@ -25,6 +25,7 @@ import grpc
 import hpack
 
 from shardkv.grpcwire import http2 as h2
+from shardkv.trace import tr
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ class Stream:
         self.recv_unacked = 0
 
     def send_unary(self, payload: bytes) -> None:
+        tr("reply")
         """Headers, the one response message and OK trailers, in one go when windows allow."""
         conn = self.conn
         n = 5 + len(payload)
@@ -236,6 +238,7 @@ class Connection(asyncio.Protocol):
         self.writable.set()
 
     def data_received(self, data: bytes) -> None:
+        tr("rx")
         # Frames are parsed straight from ``data``; only a partial frame left at its end is
         # kept, in a bytearray that the next reads extend.
         if self.buf:
@@ -368,11 +371,13 @@ class Connection(asyncio.Protocol):
     # --- calls ----------------------------------------------------------------------------
 
     def _on_header_block(self, flags: int, sid: int, block: bytes) -> None:
+        tr("hdr0")
         try:
             path, metadata, timeout = self._decode(block)
         except hpack.HPACKError:
             self._fail(0x9)  # COMPRESSION_ERROR
             return
+        tr("hdr1")
         stream = self.streams.get(sid)
         if stream is not None:  # request trailers
             if flags & h2.END_STREAM:
@@ -501,6 +506,7 @@ class Connection(asyncio.Protocol):
             stream.task = self.loop.create_task(self._unary(stream, handler, request))
 
     async def _unary(self, stream: Stream, handler: Any, request: Any) -> None:
+        tr("task")
         context = Context(stream)
         try:
             if handler.request_streaming:
@@ -592,6 +598,7 @@ class Connection(asyncio.Protocol):
         out, self.out = self.out, []
         if not self.closed and self.transport is not None:
             self.transport.write(b"".join(out))
+            tr("write")
 
     def flush_stream(self, stream: Stream) -> None:
         """Send what the windows allow of a stream's unsent data, then its trailers."""

@@ -27,6 +27,7 @@ from shardkv.raft.types import (
     decode_hard_state,
     encode,
 )
+from shardkv.trace import tr
 
 _INDEX = struct.Struct(">Q")
 _HARD_STATE = b"hard_state"
@@ -82,6 +83,7 @@ class RaftLog:
         entries when it accepted it), then ``entries`` replace the suffix from
         ``entries[0].index``, then ``hard_state``. One transaction, one sync."""
         _check_contiguous(entries)
+        tr("save0")
         if _TEST_DISK_DELAY:
             _test_disk_delay()
         while True:
@@ -94,6 +96,7 @@ class RaftLog:
                         self._append(txn, entries)
                     if hard_state is not None:
                         txn.put(_HARD_STATE, encode(hard_state), db=self._meta)
+                tr("save1")
                 return
             except lmdb.MapFullError:
                 self._map_size *= 2

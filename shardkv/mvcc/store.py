@@ -80,6 +80,7 @@ from shardkv.mvcc.kv import (
 from shardkv.mvcc.lease import MAX_LEASE_TTL, Lessor
 from shardkv.mvcc.revision import LocalRevisions, RevisionSource, bytes_to_rev, rev_to_bytes
 from shardkv.mvcc.validate import validate
+from shardkv.trace import tr
 
 DEFAULT_QUOTA_BYTES = 2 * 1024**3  # etcd's default --quota-backend-bytes
 DEFAULT_MAX_TXN_OPS = 128
@@ -304,6 +305,7 @@ class Store:
         already durable in the Raft log, so their answers are final); it may be called again
         with the same results if the transaction is retried.
         """
+        tr("apply0")
         while True:
             try:
                 return self._apply_once(batch, computed)
@@ -361,6 +363,7 @@ class Store:
             txn.put(_CONSISTENT_INDEX, _I64.pack(applied), db=self._dbs.meta)
             if computed is not None:
                 computed(results)
+        tr("committed")
         self._current_rev, self._compact_rev, self._consistent_index = current, compact, applied
         self._known_size = self.size()
         for lease_id, ttl in granted:

@@ -23,6 +23,8 @@ from urllib.parse import urlparse
 
 import zmq
 
+from shardkv.trace import tr
+
 log = logging.getLogger("shardkv.transport")
 _NOBLOCK = int(zmq.NOBLOCK)  # pyzmq's enum arithmetic costs more than the call on hot paths
 _HEAD = struct.Struct(">QQc")  # cluster id, sender id, kind; the first frame's payload follows
@@ -99,6 +101,7 @@ class PeerTransport:
         """Receive everything waiting, without blocking; called on FD events and each loop turn
         (ZeroMQ's FD is edge-triggered, so a missed edge must not strand messages)."""
         for frames in waiting(self._pull):
+            tr("recv")
             first = frames[0]
             if len(first) < _HEAD.size:
                 continue

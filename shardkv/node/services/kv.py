@@ -19,6 +19,7 @@ from shardkv.mvcc.store import is_readonly_txn
 from shardkv.mvcc.validate import validate
 from shardkv.node.member import Member, to_api_error
 from shardkv.node.services import convert
+from shardkv.trace import tr
 
 KVRequest = kv.RangeRequest | kv.PutRequest | kv.DeleteRangeRequest | kv.TxnRequest | \
     kv.CompactionRequest
@@ -51,6 +52,7 @@ def local(fn, *args):
 async def execute(m: Member, req: KVRequest) -> Any:
     """One KV request as etcd serves it; the response's header is the member's (cluster, member,
     revision, term). Raises ``EtcdError``."""
+    tr("exec")
     if isinstance(req, kv.CompactionRequest):
         resp = await m.propose(req)
     else:
@@ -69,6 +71,7 @@ async def execute(m: Member, req: KVRequest) -> Any:
             resp = local(m.store.txn_readonly, req)
         else:
             resp = await m.propose(req, early=True)
+    tr("exec-done")
     resp.header = m.header(resp.header.revision)
     return resp
 
