@@ -64,6 +64,7 @@ from shardkv.raft import (
     StateRole,
 )
 from shardkv.raft.types import decode_conf_change, decode_message, decode_messages, encode
+from shardkv.trace import tr
 
 log = logging.getLogger("shardkv.member")
 
@@ -104,7 +105,7 @@ KIND_OF = {cls: name for name, cls in REQUEST_KINDS.items()}
 DECODERS = {name: msgspec.msgpack.Decoder(cls) for name, cls in REQUEST_KINDS.items()}
 _decode_proposal = msgspec.msgpack.Decoder(Proposal).decode
 _decode_conf_context = msgspec.msgpack.Decoder(ConfContext).decode
-INLINE_APPLY_MAX = 2  # committed entries applied on the loop thread rather than in a worker
+APPLY_BACKLOG_MAX = 10_000  # committed entries queued for the applier before Raft waits
 
 
 @dataclass
@@ -144,6 +145,11 @@ def to_api_error(exc: BaseException) -> api_errors.EtcdError:
         api_errors.grpc.StatusCode.UNKNOWN, str(exc))
 
 
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(asyncio.TimeoutError())
+
+
 class Member:
     def __init__(self, cfg: MemberConfig) -> None:
         self.cfg = cfg
@@ -163,6 +169,10 @@ class Member:
         self.stopped = asyncio.Event()
         self._wake = asyncio.Event()
         self._applied_event = asyncio.Event()
+        self._apply_queue: list[Entry] = []  # committed, handed to the applier task
+        self._apply_more = asyncio.Event()
+        self._apply_idle = asyncio.Event()
+        self._apply_idle.set()
         self._unsettled = 0  # store applies whose KV answers left before their commit
         self._early: set[int] = set()  # proposals answered before the store commit
         self._rid = itertools.count(secrets.randbits(40) << 20)
@@ -276,8 +286,8 @@ class Member:
         self._schedule_tick(loop)
         compaction = compactor.run(self, self.cfg.auto_compaction_mode,
                                    self.cfg.auto_compaction_retention)
-        for coro in (self._raft_loop(), self._lease_loop(), self._watch_loop(), self._publish(),
-                     compaction):
+        for coro in (self._raft_loop(), self._applier(), self._lease_loop(), self._watch_loop(),
+                     self._publish(), compaction):
             self._spawn(coro)
 
     def _spawn(self, coro) -> None:
@@ -341,6 +351,7 @@ class Member:
         data = encode(Proposal(rid, KIND_OF[type(request)], encode(request)))
         if len(data) > self.cfg.max_request_bytes:
             raise api_errors.ErrRequestTooLarge
+        tr("prop")
         fut = asyncio.get_running_loop().create_future()
         self._waiters[rid] = fut
         if early:
@@ -353,7 +364,7 @@ class Member:
         """Wait for request ``rid``'s result, set when this member applies it; etcd's errors
         when it does not come in time, or when applying it failed."""
         try:
-            result = await asyncio.wait_for(fut, self.cfg.request_timeout)
+            result = await self._within_timeout(fut)
         except asyncio.TimeoutError:
             raise self._timeout_error() from None
         finally:
@@ -372,9 +383,19 @@ class Member:
         self._read_waiters.append(fut)
         self._wake.set()
         try:
-            await asyncio.wait_for(fut, self.cfg.request_timeout)
+            await self._within_timeout(fut)
         except asyncio.TimeoutError:
             raise self._timeout_error() from None
+
+    async def _within_timeout(self, fut: asyncio.Future) -> Any:
+        """``fut``'s result, or TimeoutError after the request timeout. Cheaper than
+        asyncio.wait_for, which wakes the caller through a second future (one more loop turn
+        on every request's path)."""
+        timer = asyncio.get_running_loop().call_later(self.cfg.request_timeout, _expire, fut)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
 
     async def conf_change(self, kind: int, record: MemberRecord) -> None:
         """Propose a membership change on the leader and wait until it is applied here."""
@@ -455,6 +476,7 @@ class Member:
         try:
             while not self._stopping:
                 await self._wake.wait()
+                tr("wake")
                 self._wake.clear()
                 self.transport.drain()
                 self._feed_raft()
@@ -566,43 +588,74 @@ class Member:
                 self._read_waiters.extend(waiters)
 
     async def _handle_ready(self, rd: Ready) -> None:
+        tr(f"ready e{len(rd.entries)} c{len(rd.committed_entries)} m{len(rd.messages)}")
         loop = asyncio.get_running_loop()
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state)
         if rd.snapshot is not None:
+            await self._applies_done()
             self._install_snapshot(rd.snapshot)
-        # Committed entries this member already has on disk are applied while the new entries
-        # are being synced (two LMDB envs, two threads); any committed entry that is still in
-        # this Ready's own write waits for it, so nothing is applied before it is durable here.
+        # Committed entries go to the applier task, which applies them in order while this loop
+        # goes on (etcd's asynchronous apply): entries this member already has on disk at once,
+        # so they apply while the new entries sync (two LMDB envs, two threads); any committed
+        # entry still in this Ready's own write only after it, so nothing is applied before it
+        # is durable here.
         stable = self.node.raft.log.stable
         durable = [e for e in rd.committed_entries if e.index <= stable]
         pending = rd.committed_entries[len(durable):]
-        applying = asyncio.ensure_future(self._apply(durable)) if durable else None
+        self._queue_apply(durable)
         # A leader replicates while its own write is still syncing (Raft counts the leader's
         # log only after advance); a follower's acks and votes must wait for its disk.
         early = self.node.raft.role == StateRole.LEADER
-        try:
-            if early:
-                self._send(rd.messages)
-            if rd.hard_state is not None:
-                self._latest_hs = rd.hard_state
-            if self._must_write(rd):
-                hs = self._latest_hs if self._latest_hs != self._persisted_hs else None
-                await loop.run_in_executor(None, self.raftlog.save, hs, rd.entries, rd.snapshot)
-                self._persisted_hs = self._latest_hs
-            if not early:
-                self._send(rd.messages)
-        finally:
-            if applying is not None:
-                await applying
-        if pending:
-            await self._apply(pending)
+        if early:
+            self._send(rd.messages)
+        if rd.hard_state is not None:
+            self._latest_hs = rd.hard_state
+        if self._must_write(rd):
+            hs = self._latest_hs if self._latest_hs != self._persisted_hs else None
+            await loop.run_in_executor(None, self.raftlog.save, hs, rd.entries, rd.snapshot)
+            self._persisted_hs = self._latest_hs
+            tr("saved")
+        if not early:
+            self._send(rd.messages)
+            tr("sent-after")
+        self._queue_apply(pending)
+        if len(self._apply_queue) > APPLY_BACKLOG_MAX:
+            await self._applies_done()  # the store fell behind: let it catch up
         for rs in rd.read_states:
             entry = self._reads_inflight.pop(rs.context, None)
             if entry is not None:
                 self._reads_ready.append((rs.index, entry[0]))
         self.node.advance(rd)
+        tr("advanced")
         self._release_reads()
+
+    def _queue_apply(self, entries: list[Entry]) -> None:
+        if entries:
+            self._apply_queue.extend(entries)
+            self._apply_idle.clear()
+            self._apply_more.set()
+
+    async def _applies_done(self) -> None:
+        """Until every queued committed entry is applied (before a snapshot replaces the store
+        or compacts the log)."""
+        await self._apply_idle.wait()
+
+    async def _applier(self) -> None:
+        """Applies queued committed entries in order, everything queued so far in one batch."""
+        try:
+            while True:
+                await self._apply_more.wait()
+                self._apply_more.clear()
+                while self._apply_queue:
+                    entries, self._apply_queue = self._apply_queue, []
+                    await self._apply(entries)
+                    self._release_reads()
+                self._apply_idle.set()
+        except Exception:
+            log.exception("applying committed entries failed; stopping the member")
+            self.stopped.set()
+            raise
 
     def _must_write(self, rd: Ready) -> bool:
         """etcd's MustSync: new entries, a snapshot, or a new term or vote need a synced write
@@ -727,27 +780,22 @@ class Member:
             rids.append(rid)
         loop = asyncio.get_running_loop()
         early = [i for i, rid in enumerate(rids) if rid in self._early]
+        computed = None
         if early:
             # Client KV writes are answered as soon as their results are computed, while the
             # store's commit syncs: the entries are committed in the Raft log, so the answers
             # are final and durable, and a client's next read or watch that could miss them
             # waits (linearizable reads for the applied index, the rest in settled()).
             def computed(results: list[Any]) -> None:  # on the executor thread
+                tr("computed")
                 loop.call_soon_threadsafe(self._answer, [rids[i] for i in early],
                                           [results[i] for i in early])
-            async with self.apply_lock:
-                self._unsettled += 1
-                try:
-                    result = await loop.run_in_executor(None, self.store.apply, batch, computed)
-                finally:
-                    self._unsettled -= 1
-        elif len(batch) <= INLINE_APPLY_MAX and not self.apply_lock.locked():
-            # One or two entries (a lone client): handing them to a thread and back costs more
-            # than their short commit blocks the loop.
-            result = self.store.apply(batch)
-        else:
-            async with self.apply_lock:
-                result = await loop.run_in_executor(None, self.store.apply, batch)
+        async with self.apply_lock:
+            self._unsettled += 1
+            try:
+                result = await loop.run_in_executor(None, self.store.apply, batch, computed)
+            finally:
+                self._unsettled -= 1
         self.hub.notify(result.events)
         if registry_changed:
             self.registry.applied = entries[-1].index
@@ -766,6 +814,7 @@ class Member:
             self.stopped.set()
 
     def _answer(self, rids: list[int], results: list[Any]) -> None:
+        tr("answer")
         for rid, res in zip(rids, results):
             fut = self._waiters.pop(rid, None)
             if fut is not None and not fut.done():
@@ -852,6 +901,7 @@ class Member:
         index = applied - keep
         if index <= self.node.raft.log.offset:
             return
+        await self._applies_done()  # the store must hold what the log is about to forget
         loop = asyncio.get_running_loop()
         # The store is lazily synced: make it durable before the log forgets entries.
         await loop.run_in_executor(None, self.store.sync)
@@ -922,6 +972,10 @@ class Member:
                      "done" if ok else "timed out")
         self._stopping = True
         self._wake.set()
+        try:  # an apply cut short would leave its thread writing to a closing store
+            await asyncio.wait_for(self._applies_done(), 5)
+        except asyncio.TimeoutError:
+            pass
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
