@@ -89,16 +89,19 @@ class Maintenance(rpc_pb2_grpc.MaintenanceServicer):
 Scenario = Callable[[Any, dict[str, Any]], Awaitable[None]]
 
 
-def run(scenario: Scenario, max_receive: int = 4 * 1024 * 1024) -> None:
+def run(scenario: Scenario, max_receive: int = 4 * 1024 * 1024,
+        generic: grpc.GenericRpcHandler | None = None) -> None:
     async def main() -> None:
         server = Server(max_receive_message_length=max_receive)
+        if generic is not None:
+            server.add_generic_rpc_handlers([generic])
         services = {"kv": KV(), "watch": Watch()}
         rpc_pb2_grpc.add_KVServicer_to_server(services["kv"], server)
         rpc_pb2_grpc.add_WatchServicer_to_server(services["watch"], server)
         rpc_pb2_grpc.add_MaintenanceServicer_to_server(Maintenance(), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
-        services["server"] = server
+        services["server"], services["port"] = server, port
         try:
             async with grpc.aio.insecure_channel(
                     f"127.0.0.1:{port}",
@@ -203,11 +206,17 @@ def test_bidirectional_stream_in_order_with_pushes_past_the_window() -> None:
     run(scenario)
 
 
+async def open_watch(channel, watch_id: int):
+    """A Watch stream whose first request has been answered."""
+    call = rpc_pb2_grpc.WatchStub(channel).Watch()
+    await call.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(watch_id=watch_id)))
+    assert (await call.read()).watch_id == watch_id
+    return call
+
+
 def test_cancelled_stream_ends_the_handler() -> None:
     async def scenario(channel, services) -> None:
-        call = rpc_pb2_grpc.WatchStub(channel).Watch()
-        await call.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(watch_id=7)))
-        assert (await call.read()).watch_id == 7
+        call = await open_watch(channel, 7)
         call.cancel()
         await asyncio.wait_for(services["watch"].ended.wait(), 5)
     run(scenario)
@@ -223,9 +232,7 @@ def test_server_stream_of_four_mebibytes() -> None:
 
 def test_stop_ends_open_streams() -> None:
     async def scenario(channel, services) -> None:
-        call = rpc_pb2_grpc.WatchStub(channel).Watch()
-        await call.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(watch_id=1)))
-        assert (await call.read()).watch_id == 1
+        call = await open_watch(channel, 1)
         await services["server"].stop(0.1)
         await asyncio.wait_for(services["watch"].ended.wait(), 5)
         with pytest.raises(grpc.aio.AioRpcError):
@@ -234,16 +241,10 @@ def test_stop_ends_open_streams() -> None:
 
 
 def test_port_in_use_is_refused_with_etcds_words() -> None:
-    async def main() -> None:
-        first = Server()
-        port = first.add_insecure_port("127.0.0.1:0")
-        await first.start()
-        try:
-            with pytest.raises(OSError, match="bind: address already in use"):
-                Server().add_insecure_port(f"127.0.0.1:{port}")
-        finally:
-            await first.stop(0)
-    asyncio.run(main())
+    async def scenario(channel, services) -> None:
+        with pytest.raises(OSError, match="bind: address already in use"):
+            Server().add_insecure_port(f"127.0.0.1:{services['port']}")
+    run(scenario)
 
 
 def test_request_larger_than_the_stream_window() -> None:
@@ -264,15 +265,7 @@ def test_generic_raw_bytes_handler_serves_any_method() -> None:
                     yield raw[::-1]
             return grpc.stream_stream_rpc_method_handler(echo)
 
-    async def main() -> None:
-        server = Server()
-        server.add_generic_rpc_handlers([Echo()])
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                call = channel.unary_unary("/any.Service/Method")
-                assert await call(b"abc", timeout=10) == b"cba"
-        finally:
-            await server.stop(0)
-    asyncio.run(main())
+    async def scenario(channel, services) -> None:
+        call = channel.unary_unary("/any.Service/Method")
+        assert await call(b"abc", timeout=10) == b"cba"
+    run(scenario, generic=Echo())
