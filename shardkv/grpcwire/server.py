@@ -124,8 +124,10 @@ class Stream:
         self.recv_unacked = 0
 
     def send_unary(self, payload: bytes) -> None:
-        tr("reply")
         """Headers, the one response message and OK trailers, in one go when windows allow."""
+        tr("reply")
+        if self.reset:
+            return  # the client gave up on the call
         conn = self.conn
         n = 5 + len(payload)
         if not self.pending and n <= self.send_window and n <= conn.send_window \
