@@ -22,9 +22,9 @@ import struct
 from typing import Any, AsyncIterator
 
 import grpc
-import hpack
 
 from shardkv.grpcwire import http2 as h2
+from shardkv.grpcwire.hpack_decode import Decoder, HPACKError
 from shardkv.trace import tr
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ class Connection(asyncio.Protocol):
         self.preface_seen = False
         self.streams: dict[int, Stream] = {}
         self.last_stream_id = 0
-        self.decoder = hpack.Decoder()
+        self.decoder = Decoder()
         self.header_cache: dict[bytes, tuple] = {}
         self.continuation: list | None = None  # [stream id, flags, block so far]
         self.out: list[bytes] = []
@@ -376,7 +376,7 @@ class Connection(asyncio.Protocol):
         tr("hdr0")
         try:
             path, metadata, timeout = self._decode(block)
-        except hpack.HPACKError:
+        except HPACKError:
             self._fail(0x9)  # COMPRESSION_ERROR
             return
         tr("hdr1")
@@ -418,12 +418,9 @@ class Connection(asyncio.Protocol):
         cached = self.header_cache.get(block)
         if cached is not None:
             return cached
-        table = self.decoder.header_table
-        before = (len(table.dynamic_entries),
-                  table.dynamic_entries[0] if table.dynamic_entries else None, table.maxsize)
-        fields = self.decoder.decode(block, raw=True)
+        generation = self.decoder.generation
         path, timeout, metadata = "", None, []
-        for name, value in fields:
+        for name, value in self.decoder.decode(block):
             if name == b":path":
                 path = value.decode()
             elif name == b"grpc-timeout":
@@ -431,11 +428,9 @@ class Connection(asyncio.Protocol):
             elif not name.startswith(b":"):
                 metadata.append((name.decode(), value.decode("latin-1")))
         result = (path, tuple(metadata), timeout)
-        after = (len(table.dynamic_entries),
-                 table.dynamic_entries[0] if table.dynamic_entries else None, table.maxsize)
-        if before != after or before[1] is not after[1]:
-            self.header_cache.clear()
-        elif timeout is None:  # a deadline is relative to when the call arrives: not cached
+        if self.decoder.generation != generation:
+            self.header_cache.clear()  # indexes now point elsewhere
+        else:  # the timeout is relative to the call's arrival: cacheable too
             if len(self.header_cache) >= _HEADER_CACHE_MAX:
                 self.header_cache.clear()
             self.header_cache[block] = result
