@@ -78,3 +78,11 @@ def test_errors_and_streams_pass_through_unchanged(cluster_factory):
     finally:
         watch.kill()
         watch.wait(5)
+
+
+def test_grpcio_front_end_still_serves(cluster_factory):
+    """--grpc-server grpcio: the member answers through grpc.aio instead of shardkv.grpcwire."""
+    c = cluster_factory(1, ["--grpc-server=grpcio"])
+    assert etcdctl(c.endpoints, "put", "k", "v").returncode == 0
+    p = etcdctl(c.endpoints, "get", "k", "--print-value-only")
+    assert (p.returncode, p.stdout) == (0, "v\n"), p.stderr

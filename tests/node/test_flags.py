@@ -95,3 +95,9 @@ def test_auto_compaction_retention_like_etcd():
     assert parse_retention("revision", "1000") == 1000
     with pytest.raises(flags.FlagError, match="auto-compaction-retention"):
         member_config(flags.parse(["--auto-compaction-retention=soon"], environ={}))
+
+
+def test_grpc_server_takes_native_or_grpcio():
+    p = run_node("--grpc-server=h3", "--data-dir", "/nonexistent/never-created")
+    assert p.returncode != 0
+    assert "--grpc-server must be native or grpcio" in p.stderr
