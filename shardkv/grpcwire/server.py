@@ -153,14 +153,12 @@ class Stream:
             and not self.reset
 
     async def drain(self) -> None:
-        conn = self.conn
-        while (len(self.pending) > SEND_HIGH_WATER or not conn.writable.is_set()) \
-                and not self.reset:
+        while not self.can_take() and not self.reset:
             if len(self.pending) > SEND_HIGH_WATER:
                 self.drained = asyncio.Event()
                 await self.drained.wait()
             else:
-                await conn.writable.wait()
+                await self.conn.writable.wait()
         if self.reset:
             raise asyncio.CancelledError()
 
@@ -289,11 +287,9 @@ class Connection(asyncio.Protocol):
         stream = self.streams.get(sid)
         if stream is None or stream.request_ended:
             return
+        stream.recv_unacked += len(payload)  # padding counts against the window too
         if flags & h2.PADDED:
-            stream.recv_unacked += len(payload)
             payload = h2.strip_padding(flags, payload)
-        else:
-            stream.recv_unacked += len(payload)
         stream.data += payload
         if stream.requests is None and len(stream.data) > self.server.max_receive + 5:
             self._too_large(stream)
@@ -377,7 +373,7 @@ class Connection(asyncio.Protocol):
         try:
             path, metadata, timeout = self._decode(block)
         except HPACKError:
-            self._fail(0x9)  # COMPRESSION_ERROR
+            self._fail(h2.COMPRESSION_ERROR)
             return
         tr("hdr1")
         stream = self.streams.get(sid)
