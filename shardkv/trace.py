@@ -11,16 +11,17 @@ import os
 import time
 
 _PREFIX = os.environ.get("SHARDKV_TRACE", "")
+TRACING = bool(_PREFIX)  # guard labels that cost something to build
 _events: list[tuple[str, int]] = []
 
 
 def tr(label: str) -> None:
-    if _PREFIX:
+    if TRACING:
         _events.append((label, time.monotonic_ns()))
 
 
 def _dump() -> None:
-    if _PREFIX and _events:
+    if TRACING and _events:
         with open(f"{_PREFIX}.{os.getpid()}", "w") as f:
             f.writelines(f"{t} {label}\n" for label, t in _events)
 

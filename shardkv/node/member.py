@@ -64,7 +64,7 @@ from shardkv.raft import (
     StateRole,
 )
 from shardkv.raft.types import decode_conf_change, decode_message, decode_messages, encode
-from shardkv.trace import tr
+from shardkv.trace import TRACING, tr
 
 log = logging.getLogger("shardkv.member")
 
@@ -173,7 +173,7 @@ class Member:
         self._apply_more = asyncio.Event()
         self._apply_idle = asyncio.Event()
         self._apply_idle.set()
-        self._unsettled = 0  # store applies whose KV answers left before their commit
+        self._unsettled = False  # an apply in flight has answered KV writes before its commit
         self._early: set[int] = set()  # proposals answered before the store commit
         self._rid = itertools.count(secrets.randbits(40) << 20)
         self._waiters: dict[int, asyncio.Future] = {}
@@ -588,7 +588,8 @@ class Member:
                 self._read_waiters.extend(waiters)
 
     async def _handle_ready(self, rd: Ready) -> None:
-        tr(f"ready e{len(rd.entries)} c{len(rd.committed_entries)} m{len(rd.messages)}")
+        if TRACING:
+            tr(f"ready e{len(rd.entries)} c{len(rd.committed_entries)} m{len(rd.messages)}")
         loop = asyncio.get_running_loop()
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state)
@@ -790,12 +791,12 @@ class Member:
                 tr("computed")
                 loop.call_soon_threadsafe(self._answer, [rids[i] for i in early],
                                           [results[i] for i in early])
-        async with self.apply_lock:
-            self._unsettled += 1
+        async with self.apply_lock:  # applies run one at a time (the applier task)
+            self._unsettled = computed is not None
             try:
                 result = await loop.run_in_executor(None, self.store.apply, batch, computed)
             finally:
-                self._unsettled -= 1
+                self._unsettled = False
         self.hub.notify(result.events)
         if registry_changed:
             self.registry.applied = entries[-1].index
@@ -822,7 +823,7 @@ class Member:
 
     @property
     def unsettled(self) -> bool:
-        return self._unsettled > 0
+        return self._unsettled
 
     async def settled(self) -> None:
         """Wait until every KV write already answered is visible in the store (answers leave
