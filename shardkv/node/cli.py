@@ -65,7 +65,7 @@ async def serve(settings: flags.Settings) -> int:
     workers = settings.int("client-workers")
     if workers < 0:
         raise flags.FlagError("--client-workers must be 0 or more")
-    if settings.get("grpc-server") not in ("native", "grpcio"):
+    if settings.get("grpc-server") not in flags.GRPC_SERVERS:
         raise flags.FlagError("--grpc-server must be native or grpcio")
     intakes = intake.start_processes(workers)
     try:

@@ -44,6 +44,7 @@ IMPLEMENTED: dict[str, str] = {
     # asyncio, ~7x less CPU per call) or "grpcio" (grpc.aio).
     "grpc-server": "native",
 }
+GRPC_SERVERS = ("native", "grpcio")  # the values --grpc-server takes
 
 # TLS and authentication: refused until implemented.
 REFUSED = {

@@ -30,14 +30,12 @@ def build_server(member: Member, listen: list[str], kind: str = "native"
     limit = max_receive_bytes(member)
     if kind == "native":
         server = grpcwire.Server(max_receive_message_length=limit)
-    elif kind == "grpcio":
+    else:  # "grpcio"; the flag's value is checked at startup (cli.serve)
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", 2**31 - 1),
             ("grpc.so_reuseport", 0),  # a second member on the same port must fail, not share
         ])
-    else:
-        raise ValueError(f"--grpc-server: want native or grpcio, not {kind!r}")
     channels = LeaderChannels(member)
     rpc_pb2_grpc.add_KVServicer_to_server(KVService(LocalKV(member)), server)
     rpc_pb2_grpc.add_WatchServicer_to_server(WatchService(member), server)
