@@ -1,7 +1,7 @@
 """Child process for the crash tests: writes under load, announcing each write before it starts
 ("BEGIN ...") and after it is acknowledged ("ACK"), until the parent SIGKILLs it.
 
-Usage: python mvcc_crash_child.py {raftlog|store} PATH SEED
+Usage: python mvcc_crash_child.py {raftlog|raftlog-small|store} PATH SEED
 """
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
-def run_raftlog(path: str, rng: random.Random) -> None:
-    log = RaftLog(path)
+def run_raftlog(path: str, rng: random.Random, segment_bytes: int = 64 * 1024**2) -> None:
+    log = RaftLog(path, segment_bytes=segment_bytes)
     state = log.load()
     snap = state.snapshot.meta.index
     terms = {e.index: e.term for e in state.entries}
@@ -76,4 +76,7 @@ def run_store(path: str, rng: random.Random) -> None:
 
 if __name__ == "__main__":
     kind, path, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    {"raftlog": run_raftlog, "store": run_store}[kind](path, random.Random(seed))
+    runs = {"raftlog": run_raftlog, "store": run_store,
+            # segments of 64 KiB: saves roll over and compactions delete segments all the time
+            "raftlog-small": lambda p, r: run_raftlog(p, r, segment_bytes=64 * 1024)}
+    runs[kind](path, random.Random(seed))

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from mvcc_crash_child import DELETE_EVERY, entry_data, store_key
 from shardkv.mvcc.kv import RangeRequest
 from shardkv.mvcc.raftlog import RaftLog
@@ -95,11 +97,12 @@ class LogModel:
         return self.hard_state, self.snap, entries
 
 
-def test_raft_log_survives_sigkill(tmp_path):
+@pytest.mark.parametrize("kind", ["raftlog", "raftlog-small"])
+def test_raft_log_survives_sigkill(tmp_path, kind):
     path = tmp_path / "raftlog"
     model = LogModel()
     for round_ in range(ROUNDS):
-        acked, inflight = run_until_killed("raftlog", path, seed=round_)
+        acked, inflight = run_until_killed(kind, path, seed=round_)
         for op in acked:
             model.apply(op)
         with RaftLog(path) as log:
