@@ -36,6 +36,7 @@ from pathlib import Path
 
 import msgspec
 
+from shardkv.mvcc.store import fsync_dir
 from shardkv.raft.types import (
     Entry,
     HardState,
@@ -187,7 +188,7 @@ class RaftLog:
                 self._segments.pop(0).path.unlink()
                 removed = True
             if removed:
-                _fsync_dir(self.path)
+                fsync_dir(self.path)
 
     def _write(self, records: list[tuple[bytes, bytes]], max_index: int) -> None:
         seg = self._segments[-1]
@@ -212,7 +213,7 @@ class RaftLog:
                               (HARD_STATE, encode(self._hard_state))])
         os.pwrite(fd, header, 0)
         os.fsync(fd)
-        _fsync_dir(self.path)  # the new file must exist after a crash
+        fsync_dir(self.path)  # the new file must exist after a crash
         self.close()
         self._fd, self._offset, self._header_end = fd, len(header), len(header)
         self._segments.append(seg)
@@ -350,7 +351,7 @@ def _migrate_lmdb_log(path: Path) -> None:
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     tmp.rename(path / f"{0:016x}{_SUFFIX}")
-    _fsync_dir(path)
+    fsync_dir(path)
     for name in ("data.mdb", "lock.mdb"):
         (path / name).unlink(missing_ok=True)
     log.info("moved the Raft log in %s from LMDB to segment files (%d entries)", path,
@@ -362,14 +363,6 @@ def _preallocate(fd: int, size: int) -> None:
         os.posix_fallocate(fd, 0, size)
     except OSError:
         pass  # a filesystem without fallocate: the file grows with each append instead
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _check_contiguous(entries: list[Entry]) -> None:
