@@ -143,6 +143,10 @@ class WatchHub:
             self._remove_synced(watcher)
         watcher.send(WatchResponse(header=self._header(), watch_id=watch_id, canceled=True))
 
+    @property
+    def has_watchers(self) -> bool:
+        return bool(self._synced or self._unsynced)
+
     def is_synced(self, watch_id: int) -> bool:
         return watch_id in self._synced
 
