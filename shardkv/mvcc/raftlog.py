@@ -100,6 +100,7 @@ class RaftLog:
         if (self.path / "data.mdb").exists():
             _migrate_lmdb_log(self.path)
         state, self._segments, end = self._replay()
+        self._state_at_open: PersistedState | None = state  # for the first load() (below)
         self._hard_state = state.hard_state
         self._snapshot = state.snapshot
         self._last = state.entries[-1].index if state.entries else state.snapshot.meta.index
@@ -198,6 +199,7 @@ class RaftLog:
             buf = _frame(seg.seq, records)
         os.pwrite(self._fd, buf, self._offset)
         os.fdatasync(self._fd)
+        self._state_at_open = None
         self._offset += len(buf)
         seg.max_index = max(seg.max_index, max_index)
 
@@ -238,9 +240,14 @@ class RaftLog:
     # ------------------------------------------------------------------ reads
 
     def load(self) -> PersistedState:
-        """Everything synced: hard state, snapshot, and the entries after the snapshot."""
+        """Everything synced: hard state, snapshot, and the entries after the snapshot. The
+        first call before any write gets the state the open already read (a member loads once,
+        at start: the log is not read twice); every other call reads the segments again, so
+        the caller may keep and change what it got."""
         with self._lock:
-            state, _, _ = self._replay()
+            state, self._state_at_open = self._state_at_open, None
+            if state is None:
+                state, _, _ = self._replay()
         return state
 
     def last_index(self) -> int:
