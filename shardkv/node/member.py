@@ -111,7 +111,7 @@ _decode_conf_context = msgspec.msgpack.Decoder(ConfContext).decode
 # a small host. Big batches and a slow disk go to the executor so the loop keeps serving.
 INLINE_SAVE_MAX_ENTRIES = 4
 INLINE_SAVE_MAX_SECONDS = 0.005
-# A follower that nobody waits on (no client request, read or watcher of its own) gathers the
+# A follower that nobody waits on (see _may_batch_applies for who counts) gathers the
 # commits arriving within this long into one store transaction, one fdatasync: at low load every
 # put otherwise costs each follower a transaction, a sync and two thread hand-offs of its own.
 FOLLOWER_APPLY_BATCH_S = 0.005
