@@ -580,15 +580,24 @@ def _range(v: _View, r: RangeRequest) -> RangeResponse:
     """etcd 3.4 applierV3backend.Range: ``count`` is the number of keys in the range at the
     revision, before the min/max filters and the limit (etcd counts in mvcc, filters after)."""
     rev = _check_rev(v, r.revision)
-    live = _live(v, r.key, r.range_end, rev)
-    resp = RangeResponse(header=ResponseHeader(revision=v.rev()), count=len(live))
-    if r.count_only:
-        return resp
     filtered = (
         r.min_mod_revision or r.max_mod_revision or r.min_create_revision or r.max_create_revision
     )
-    if r.limit > 0 and r.sort_order == SortOrder.NONE and not filtered:
-        live = live[: r.limit + 1]  # one extra tells ``more``
+    if r.count_only:
+        keep = 0
+    elif r.limit > 0 and r.sort_order == SortOrder.NONE and not filtered:
+        keep = r.limit + 1  # one extra tells ``more``
+    else:
+        keep = None  # sorting and filters need every key
+    if keep is None:
+        live = _live(v, r.key, r.range_end, rev)
+        count = len(live)
+    else:
+        live, count = index.count_in_range(v.txn, v.dbs, r.key, index.range_end_of(r.range_end),
+                                           rev, keep)
+    resp = RangeResponse(header=ResponseHeader(revision=v.rev()), count=count)
+    if r.count_only:
+        return resp
     need_value = not r.keys_only or r.sort_target == SortTarget.VALUE
     kvs = [_kv_of(v, k, e, need_value) for k, e in live]
     kvs = [kv for kv in kvs if _passes_filters(kv, r)]

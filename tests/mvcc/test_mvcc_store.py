@@ -344,3 +344,28 @@ def test_computed_results_come_before_the_commit_and_match_it(store):
     [(results, count_then)] = seen
     assert results == out.results and count_then == 0
     assert store.range(RangeRequest(key=b"k")).count == 1
+
+
+def test_limited_range_counts_the_whole_range_at_any_revision(store):
+    """A limited range builds only the keys it returns but counts them all (etcd 3.4), skipping
+    deleted keys, and at an old revision counts what existed then."""
+    def apply(*reqs):
+        base = store.consistent_index
+        store.apply([(base + i + 1, r) for i, r in enumerate(reqs)])
+
+    apply(*[put(b"k%d" % i) for i in range(10)])  # revisions 2-11
+    apply(DeleteRangeRequest(key=b"k3"), DeleteRangeRequest(key=b"k7"))  # 12, 13
+    apply(put(b"k3", b"again"), put(b"z"))  # 14, 15
+    every = RangeRequest(key=b"\x00", range_end=b"\x00")
+    r = store.range(RangeRequest(key=b"k", range_end=b"l", limit=4))
+    assert (r.count, [kv.key for kv in r.kvs], r.more) == (9, [b"k0", b"k1", b"k2", b"k3"], True)
+    r = store.range(RangeRequest(key=b"k", range_end=b"l", limit=4, revision=12))
+    assert (r.count, [kv.key for kv in r.kvs]) == (9, [b"k0", b"k1", b"k2", b"k4"])
+    r = store.range(RangeRequest(key=b"k", range_end=b"l", limit=4, revision=13))
+    assert r.count == 8
+    assert store.range(RangeRequest(key=b"\x00", range_end=b"\x00", count_only=True)).count == 10
+    r = store.range(RangeRequest(key=b"\x00", range_end=b"\x00", limit=10))
+    assert (r.count, len(r.kvs), r.more) == (10, 10, False)
+    assert store.range(every).count == 10
+    r = store.range(RangeRequest(key=b"k3", limit=1))
+    assert (r.count, r.kvs[0].value) == (1, b"again")
