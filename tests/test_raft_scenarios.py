@@ -187,6 +187,32 @@ def test_many_proposals_travel_in_one_append_per_follower():
     assert len(appends) == 2 and all(len(m.entries) == 64 for m in appends)
 
 
+def test_commit_only_appends_to_caught_up_followers_go_unanswered():
+    """After a commit, the append that only carries the commit index to followers that acked
+    everything asks for no answer; followers still apply. One that had not acked gets a normal
+    append, and answers it."""
+    c = Cluster(3)
+    leader = elect(c)
+    c.tick_all(2)
+    c.sent.clear()
+    c.node(leader).propose(b"a")
+    c.deliver()
+    commit_only = [m for m in c.sent if m.type == MessageType.APP and not m.entries]
+    assert len(commit_only) == 2 and all(m.quiet for m in commit_only)
+    answered = [m for m in c.sent if m.type == MessageType.APP_RESP]
+    assert len(answered) == 2  # the acks of the entry itself, nothing for the commit updates
+    assert all(c.data_applied(i) == [b"a"] for i in c.ids)
+    # a follower whose ack was lost: the leader does not know it holds the entry, so the next
+    # append to it is not quiet; its answer lets the leader learn that
+    lagging = next(i for i in c.ids if i != leader)
+    c.sent.clear()
+    c.node(leader).propose(b"b")
+    c.deliver(drop=lambda m: m.frm == lagging and m.type == MessageType.APP_RESP)
+    c.tick_all(3)
+    assert c.node(leader).raft.prs[lagging].match == c.node(leader).raft.log.last_index()
+    assert all(c.data_applied(i) == [b"a", b"b"] for i in c.ids)
+
+
 def test_inflight_window_bounds_unacknowledged_appends():
     c = Cluster(3, max_inflight_msgs=2, max_size_per_msg=1)
     leader = elect(c)

@@ -338,7 +338,7 @@ class Raft:
     def _msg(self, type_: int, to: int, **kw) -> None:
         self.msgs.append(Message(type_, to, self.id, term=self.term, **kw))
 
-    def _send_append(self, to: int, send_if_empty: bool = True) -> bool:
+    def _send_append(self, to: int, send_if_empty: bool = True, broadcast: bool = False) -> bool:
         pr = self.prs[to]
         if pr.is_paused():
             return False
@@ -349,7 +349,15 @@ class Raft:
         entries = self.log.slice(pr.next, self.log.last_index() + 1, self.cfg.max_size_per_msg)
         if not entries and not send_if_empty:
             return False
-        self._msg(MT.APP, to, index=prev, log_term=prev_term, entries=tuple(entries), commit=self.log.committed)
+        # An append that only carries the commit index needs no answer when the leader knows
+        # the follower holds `prev`, or, in a broadcast, when the follower's answer to the
+        # append that sent `prev` is still to come (if that one is lost, the next heartbeat
+        # answer finds match < last and sends a plain append, which is answered). At low load
+        # that spares most answers to commit updates: one per follower per commit.
+        quiet = not entries and (pr.match >= prev or (
+            broadcast and pr.state == ProgressState.REPLICATE and len(pr.inflights) > 0))
+        self._msg(MT.APP, to, index=prev, log_term=prev_term, entries=tuple(entries),
+                  commit=self.log.committed, quiet=quiet)
         if entries:
             last = entries[-1].index
             if pr.state == ProgressState.REPLICATE:
@@ -370,7 +378,7 @@ class Raft:
     def _bcast_append(self) -> None:
         for node in self.prs:
             if node != self.id:
-                self._send_append(node)
+                self._send_append(node, broadcast=True)
 
     def flush_appends(self) -> None:
         """Send the entries appended since the last Ready: one append per follower."""
@@ -681,7 +689,8 @@ class Raft:
                 self.conf_history[-1][0] >= conflict or any(e.type == EntryType.CONF_CHANGE for e in m.entries)
             ):
                 self._scan_conf_changes(conflict)
-            self._msg(MT.APP_RESP, m.frm, index=last_new)
+            if not (m.quiet and not m.entries):
+                self._msg(MT.APP_RESP, m.frm, index=last_new)
             return
         hint_index = min(m.index, self.log.last_index())
         hint_index, hint_term = self.log.find_conflict_by_term(hint_index, m.log_term)
