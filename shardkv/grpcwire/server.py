@@ -200,6 +200,7 @@ class Connection(asyncio.Protocol):
         self.continuation: list | None = None  # [stream id, flags, block so far]
         self.out: list[bytes] = []
         self.flush_scheduled = False
+        self.receiving = False  # in data_received: frames queued now are flushed at its end
         self.send_window = h2.DEFAULT_WINDOW
         self.peer_initial_window = h2.DEFAULT_WINDOW
         self.peer_max_frame = h2.DEFAULT_MAX_FRAME
@@ -239,6 +240,21 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         tr("rx")
+        # What the frames make us queue (PING and SETTINGS acks, window updates, errors) is
+        # flushed two loop steps after they are all parsed: after the calls they started have
+        # run their first step and the work that woke (a proposal's Raft turn). grpc-go pings
+        # along with most requests, and that ack's socket write otherwise came first, on the
+        # path of the request.
+        self.receiving = True
+        try:
+            self._receive(data)
+        finally:
+            self.receiving = False
+            if self.out and not self.flush_scheduled:
+                self.flush_scheduled = True
+                self.loop.call_soon(self.loop.call_soon, self._flush)
+
+    def _receive(self, data: bytes) -> None:
         # Frames are parsed straight from ``data``; only a partial frame left at its end is
         # kept, in a bytearray that the next reads extend.
         if self.buf:
@@ -582,7 +598,7 @@ class Connection(asyncio.Protocol):
 
     def queue(self, data: bytes) -> None:
         self.out.append(data)
-        if not self.flush_scheduled:
+        if not self.flush_scheduled and not self.receiving:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)
 
