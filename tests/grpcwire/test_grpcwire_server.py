@@ -269,3 +269,28 @@ def test_generic_raw_bytes_handler_serves_any_method() -> None:
         call = channel.unary_unary("/any.Service/Method")
         assert await call(b"abc", timeout=10) == b"cba"
     run(scenario, generic=Echo())
+
+
+def test_ping_and_settings_are_acked_without_any_call() -> None:
+    """Control frames a read queues are flushed after the calls it started; with none started
+    they must still go out (a keepalive PING on an idle connection)."""
+    from shardkv.grpcwire import http2 as h2
+
+    async def scenario(channel, services) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", services["port"])
+        writer.write(h2.PREFACE + h2.frame(h2.SETTINGS, 0, 0, h2.settings([]))
+                     + h2.frame(h2.PING, 0, 0, b"12345678"))
+        got: list[tuple[int, int, bytes]] = []
+        buf = b""
+        while not any(k == h2.PING for k, _, _ in got):
+            buf += await asyncio.wait_for(reader.read(65536), 10)
+            while len(buf) >= 9:
+                length, kind, flags, _ = h2.parse_head(buf, 0)
+                if len(buf) < 9 + length:
+                    break
+                got.append((kind, flags, buf[9:9 + length]))
+                buf = buf[9 + length:]
+        assert (h2.PING, h2.ACK, b"12345678") in got
+        assert any(k == h2.SETTINGS and f & h2.ACK for k, f, _ in got)
+        writer.close()
+    run(scenario)
