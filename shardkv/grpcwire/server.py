@@ -200,7 +200,7 @@ class Connection(asyncio.Protocol):
         self.continuation: list | None = None  # [stream id, flags, block so far]
         self.out: list[bytes] = []
         self.flush_scheduled = False
-        self.receiving = False  # in data_received: frames queued now are flushed at its end
+        self.receiving = False  # in data_received: what it queues is flushed after its calls
         self.send_window = h2.DEFAULT_WINDOW
         self.peer_initial_window = h2.DEFAULT_WINDOW
         self.peer_max_frame = h2.DEFAULT_MAX_FRAME

@@ -101,8 +101,9 @@ class Message(msgspec.Struct, array_like=True, frozen=True):
     snapshot: Snapshot | None = None
     context: bytes = b""  # HEARTBEAT(+RESP)/READ_INDEX: read request id
     force: bool = False  # VOTE/PRE_VOTE from a leadership transfer: ignore leader leases
-    # APP without entries whose `index` the leader knows the receiver holds (it only moves the
-    # commit index): accepted without an APP_RESP, which would tell the leader nothing new.
+    # APP without entries (it only moves the commit index) whose `index` the leader knows the
+    # receiver holds, or will hear it holds from the answer to an earlier append: accepted
+    # without an APP_RESP, which would tell the leader nothing new (a rejection is answered).
     quiet: bool = False
 
 
