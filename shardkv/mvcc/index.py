@@ -91,33 +91,23 @@ def live_in_range(
 ) -> list[tuple[bytes, IndexEntry]]:
     """Keys in ``[key, end)`` (see ``range_end_of``) that exist at ``rev``, in key order, with
     the entry holding their state then."""
-    out = []
-    if end is None:
-        newest = latest(txn, dbs, key)
-        entry = live_at(txn, dbs, key, newest, rev) if newest is not None else None
-        return [(key, entry)] if entry is not None else []
-    cursor = txn.cursor(db=dbs.index)
-    if not cursor.set_range(key):
-        return out
-    for k, raw in cursor:
-        if end and k >= end:
-            break
-        entry = live_at(txn, dbs, k, _decode(raw), rev)
-        if entry is not None:
-            out.append((k, entry))
-    return out
+    return count_in_range(txn, dbs, key, end, rev)[0]
 
 
 def count_in_range(
-    txn: lmdb.Transaction, dbs: IndexDbs, key: bytes, end: bytes | None, rev: int, keep: int
+    txn: lmdb.Transaction, dbs: IndexDbs, key: bytes, end: bytes | None, rev: int,
+    keep: int | None = None,
 ) -> tuple[list[tuple[bytes, IndexEntry]], int]:
-    """``live_in_range`` cut to its first ``keep`` keys, with the count of all of them: a
-    limited range still answers how many keys the whole range holds (etcd 3.4 counts them), and
-    over a million keys building an entry for each would cost most of the request."""
-    if end is None:
-        out = live_in_range(txn, dbs, key, end, rev)
-        return out[:keep], len(out)
+    """``live_in_range`` cut to its first ``keep`` keys (all if None), with the count of all of
+    them: a limited range still answers how many keys the whole range holds (etcd 3.4 counts
+    them), and over a million keys building an entry for each would cost most of the request."""
     out: list[tuple[bytes, IndexEntry]] = []
+    if end is None:
+        newest = latest(txn, dbs, key)
+        entry = live_at(txn, dbs, key, newest, rev) if newest is not None else None
+        if entry is not None and keep != 0:
+            out.append((key, entry))
+        return out, int(entry is not None)
     count = 0
     cursor = txn.cursor(db=dbs.index)
     if not cursor.set_range(key):
@@ -127,7 +117,7 @@ def count_in_range(
         if end and k >= end:
             break
         newest = decode(raw)
-        if newest[MAIN] <= rev:  # the usual case, a read at the current revision
+        if newest[MAIN] <= rev:  # live_at's usual case, inline: this loop may see 1M keys
             if newest[VERSION] == 0:
                 continue
             entry: IndexEntry | None = newest
@@ -136,7 +126,7 @@ def count_in_range(
             if entry is None:
                 continue
         count += 1
-        if count <= keep:
+        if keep is None or count <= keep:
             out.append((k, entry))
     return out, count
 

@@ -584,17 +584,13 @@ def _range(v: _View, r: RangeRequest) -> RangeResponse:
         r.min_mod_revision or r.max_mod_revision or r.min_create_revision or r.max_create_revision
     )
     if r.count_only:
-        keep = 0
+        keep: int | None = 0
     elif r.limit > 0 and r.sort_order == SortOrder.NONE and not filtered:
         keep = r.limit + 1  # one extra tells ``more``
     else:
         keep = None  # sorting and filters need every key
-    if keep is None:
-        live = _live(v, r.key, r.range_end, rev)
-        count = len(live)
-    else:
-        live, count = index.count_in_range(v.txn, v.dbs, r.key, index.range_end_of(r.range_end),
-                                           rev, keep)
+    live, count = index.count_in_range(v.txn, v.dbs, r.key, index.range_end_of(r.range_end),
+                                       rev, keep)
     resp = RangeResponse(header=ResponseHeader(revision=v.rev()), count=count)
     if r.count_only:
         return resp
