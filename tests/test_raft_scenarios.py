@@ -213,6 +213,60 @@ def test_commit_only_appends_to_caught_up_followers_go_unanswered():
     assert all(c.data_applied(i) == [b"a", b"b"] for i in c.ids)
 
 
+def test_lazy_followers_learn_commits_from_the_next_append_or_a_flush():
+    """Followers that nobody waits on are skipped by commit broadcasts: they learn a commit
+    from the next append, or from flush_commit_notices when none follows. A follower that
+    forwards a proposal is told of commits at once again."""
+    c = Cluster(3)
+    leader = elect(c)
+    followers = [i for i in c.ids if i != leader]
+    for i in followers:
+        c.node(i).set_lazy(True)
+    c.tick_all(2)  # heartbeat answers tell the leader
+    c.sent.clear()
+    c.node(leader).propose(b"a")
+    c.deliver()
+    assert not [m for m in c.sent if m.type == MessageType.APP and not m.entries]
+    assert c.data_applied(leader) == [b"a"]
+    assert all(c.data_applied(i) == [] for i in followers)
+    assert c.node(leader).commit_notices_owed
+    c.node(leader).propose(b"b")  # its append carries the commit of "a"
+    c.deliver()
+    assert all(c.data_applied(i) == [b"a"] for i in followers)
+    c.node(leader).flush_commit_notices()
+    c.deliver()
+    assert all(c.data_applied(i) == [b"a", b"b"] for i in c.ids)
+    assert not c.node(leader).commit_notices_owed
+    # a follower forwarding a proposal is told of the commit at once, even when the other
+    # follower's ack commits the entry before its own (still lazy) answer arrives
+    proposer = followers[0]
+    c.node(proposer).set_lazy(False)  # as the host does while a request waits
+    c.sent.clear()
+    c.node(proposer).propose(b"c")
+    c.deliver(drop=lambda m: m.frm == proposer and m.type == MessageType.APP_RESP)
+    assert c.data_applied(proposer) == [b"a", b"b", b"c"]
+    notices = [m for m in c.sent if m.type == MessageType.APP and not m.entries]
+    assert [m.to for m in notices] == [proposer]
+    # heartbeats carry the commit too: the other lazy follower catches up without a flush
+    c.tick_all(2)
+    assert all(c.data_applied(i) == [b"a", b"b", b"c"] for i in c.ids)
+
+
+def test_a_follower_that_stops_being_lazy_is_told_the_commit_with_its_next_ack():
+    c = Cluster(3)
+    leader = elect(c)
+    waking = next(i for i in c.ids if i != leader)
+    c.node(waking).set_lazy(True)
+    c.tick_all(2)
+    c.node(leader).propose(b"a")
+    c.deliver(drop=lambda m: m.frm == waking and m.type == MessageType.APP_RESP)  # ack still to come
+    assert c.data_applied(waking) == []
+    c.node(waking).set_lazy(False)
+    c.node(leader).propose(b"b")
+    c.deliver()
+    assert c.data_applied(waking) == [b"a", b"b"]
+
+
 def test_inflight_window_bounds_unacknowledged_appends():
     c = Cluster(3, max_inflight_msgs=2, max_size_per_msg=1)
     leader = elect(c)

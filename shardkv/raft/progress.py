@@ -52,6 +52,8 @@ class Progress:
         self.probe_sent = False  # in PROBE: an append is outstanding, wait for its answer
         self.pending_snapshot = 0  # in SNAPSHOT: index of the snapshot sent
         self.recent_active = False  # heard from since the last check-quorum round
+        self.lazy = False  # the follower's last answer asked for no prompt commit notices
+        self.sent_commit = 0  # highest commit index sent that the follower can act on
         self.inflights = Inflights(max_inflight, max_inflight_bytes)
 
     def _reset_state(self, state: ProgressState) -> None:

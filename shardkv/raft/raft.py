@@ -136,6 +136,12 @@ class Raft:
         self.pending_read_index: list[Message] = []  # reads waiting for a commit in this term
         self.need_bcast = False  # new entries appended: one broadcast at the next Ready
         self.uncommitted_size = 0  # leader: payload bytes appended and not yet committed
+        # Set by the host: nobody here waits on the state machine, so the leader may skip
+        # this follower in its commit broadcasts (sent in every APP_RESP and HEARTBEAT_RESP).
+        self.lazy = False
+        # leader: a commit broadcast skipped a lazy follower; the host calls
+        # flush_commit_notices() a little later unless another append told it meanwhile
+        self.commit_notices_owed = False
         if not persisted.entries and persisted.snapshot.meta.index == 0 and hs == HardState():
             self._bootstrap(config)
         # (index, term, conf) for the snapshot's configuration and each conf change in the log
@@ -222,6 +228,7 @@ class Raft:
         self.read_only = ReadOnly()
         self.pending_read_index = []
         self.need_bcast = False
+        self.commit_notices_owed = False
         self.prs = {}
         self._sync_progress()
         me = self.prs.get(self.id)
@@ -338,6 +345,10 @@ class Raft:
     def _msg(self, type_: int, to: int, **kw) -> None:
         self.msgs.append(Message(type_, to, self.id, term=self.term, **kw))
 
+    def _answer_leader(self, type_: int, to: int, **kw) -> None:
+        """A follower's answer to an append or heartbeat: it tells whether this member is lazy."""
+        self._msg(type_, to, lazy=self.lazy, **kw)
+
     def _send_append(self, to: int, send_if_empty: bool = True, broadcast: bool = False) -> bool:
         pr = self.prs[to]
         if pr.is_paused():
@@ -349,6 +360,13 @@ class Raft:
         entries = self.log.slice(pr.next, self.log.last_index() + 1, self.cfg.max_size_per_msg)
         if not entries and not send_if_empty:
             return False
+        if not entries and broadcast and pr.lazy and pr.state == ProgressState.REPLICATE:
+            # A follower nobody waits on learns this commit from the next append, or from
+            # flush_commit_notices or a heartbeat if no append follows soon: at low load that
+            # spares it (and the leader's CPU, which it shares on a small host) one message
+            # and one wakeup per commit.
+            self.commit_notices_owed = True
+            return False
         # An append that only carries the commit index needs no answer when the leader knows
         # the follower holds `prev`, or, in a broadcast, when the follower's answer to the
         # append that sent `prev` is still to come (if that one is lost, the next heartbeat
@@ -358,6 +376,9 @@ class Raft:
             broadcast and pr.state == ProgressState.REPLICATE and len(pr.inflights) > 0))
         self._msg(MT.APP, to, index=prev, log_term=prev_term, entries=tuple(entries),
                   commit=self.log.committed, quiet=quiet)
+        # the follower commits at most up to the last index this append makes it hold
+        held = entries[-1].index if entries else prev
+        pr.sent_commit = max(pr.sent_commit, min(self.log.committed, held))
         if entries:
             last = entries[-1].index
             if pr.state == ProgressState.REPLICATE:
@@ -380,6 +401,17 @@ class Raft:
             if node != self.id:
                 self._send_append(node, broadcast=True)
 
+    def flush_commit_notices(self) -> None:
+        """Tell the commit index to every follower that has not heard it yet (the lazy ones
+        the commit broadcasts skipped), unless appends or heartbeats told them meanwhile."""
+        self.commit_notices_owed = False
+        if self.role != StateRole.LEADER:
+            return
+        for node, pr in self.prs.items():
+            if node != self.id and pr.state == ProgressState.REPLICATE \
+                    and pr.sent_commit < self.log.committed:
+                self._send_append(node)
+
     def flush_appends(self) -> None:
         """Send the entries appended since the last Ready: one append per follower."""
         if self.need_bcast and self.role == StateRole.LEADER:
@@ -390,7 +422,9 @@ class Raft:
         for node, pr in self.prs.items():
             if node != self.id:
                 # never tell a follower to commit beyond what it is known to have
-                self._msg(MT.HEARTBEAT, node, commit=min(pr.match, self.log.committed), context=ctx)
+                commit = min(pr.match, self.log.committed)
+                pr.sent_commit = max(pr.sent_commit, commit)
+                self._msg(MT.HEARTBEAT, node, commit=commit, context=ctx)
 
     # ---- leader: appending and committing ---------------------------------------------------
     def _append(self, entries: list[Entry]) -> None:
@@ -576,7 +610,7 @@ class Raft:
             self.election_elapsed = 0
             self.lead = m.frm
             self.log.commit_to(min(m.commit, self.log.last_index()))
-            self._msg(MT.HEARTBEAT_RESP, m.frm, context=m.context)
+            self._answer_leader(MT.HEARTBEAT_RESP, m.frm, context=m.context)
         elif t == MT.SNAPSHOT:
             self.election_elapsed = 0
             self.lead = m.frm
@@ -609,6 +643,8 @@ class Raft:
 
     def _step_leader(self, m: Message) -> None:
         t = m.type
+        if t in (MT.PROP, MT.READ_INDEX) and m.frm != self.id and m.frm in self.prs:
+            self.prs[m.frm].lazy = False  # it waits for these: its next commits are due at once
         if t == MT.PROP:
             try:
                 self._leader_append([e.data for e in m.entries], EntryType.NORMAL)
@@ -626,8 +662,10 @@ class Raft:
             return
         if t == MT.APP_RESP:
             pr.recent_active = True
+            pr.lazy = m.lazy
             self._handle_append_response(m, pr)
         elif t == MT.HEARTBEAT_RESP:
+            pr.lazy = m.lazy
             self._handle_heartbeat_response(m, pr)
 
     def _handle_append_response(self, m: Message, pr: Progress) -> None:
@@ -656,8 +694,11 @@ class Raft:
             if self.role == StateRole.LEADER:
                 self._bcast_append()
         elif self.role == StateRole.LEADER:
+            sent = False
             while self._send_append(m.frm, send_if_empty=False):
-                pass
+                sent = True
+            if not sent and not pr.lazy and pr.sent_commit < min(pr.match, self.log.committed):
+                self._send_append(m.frm)  # a follower that stopped being lazy: tell it now
         if self.role == StateRole.LEADER and m.frm == self.lead_transferee and pr.match == self.log.last_index():
             self._msg(MT.TIMEOUT_NOW, m.frm)
 
@@ -679,7 +720,7 @@ class Raft:
     # ---- follower: receiving the log -------------------------------------------------------
     def _handle_append(self, m: Message) -> None:
         if m.index < self.log.committed:
-            self._msg(MT.APP_RESP, m.frm, index=self.log.committed)
+            self._answer_leader(MT.APP_RESP, m.frm, index=self.log.committed)
             return
         truncate = BUG_KEEP_CONFLICTING_SUFFIX not in self.cfg.bugs
         result = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries, truncate)
@@ -690,28 +731,29 @@ class Raft:
             ):
                 self._scan_conf_changes(conflict)
             if not (m.quiet and not m.entries):
-                self._msg(MT.APP_RESP, m.frm, index=last_new)
+                self._answer_leader(MT.APP_RESP, m.frm, index=last_new)
             return
         hint_index = min(m.index, self.log.last_index())
         hint_index, hint_term = self.log.find_conflict_by_term(hint_index, m.log_term)
-        self._msg(MT.APP_RESP, m.frm, index=m.index, reject=True, reject_hint=hint_index, log_term=hint_term)
+        self._answer_leader(MT.APP_RESP, m.frm, index=m.index, reject=True, reject_hint=hint_index,
+                            log_term=hint_term)
 
     def _handle_snapshot(self, m: Message) -> None:
         snap = m.snapshot
         assert snap is not None
         meta = snap.meta
         if meta.index <= self.log.committed:
-            self._msg(MT.APP_RESP, m.frm, index=self.log.committed)
+            self._answer_leader(MT.APP_RESP, m.frm, index=self.log.committed)
             return
         if self.log.match_term(meta.index, meta.term):
             # we already have the log up to the snapshot: just learn that it is committed
             self.log.commit_to(meta.index)
-            self._msg(MT.APP_RESP, m.frm, index=self.log.last_index())
+            self._answer_leader(MT.APP_RESP, m.frm, index=self.log.last_index())
             return
         self.log.restore(snap)
         self.conf_history = [(meta.index, meta.term, meta.conf_state)]
         self._sync_progress()
-        self._msg(MT.APP_RESP, m.frm, index=self.log.last_index())
+        self._answer_leader(MT.APP_RESP, m.frm, index=self.log.last_index())
 
     # ---- host feedback --------------------------------------------------------------------
     def report_unreachable(self, node: int) -> None:

@@ -58,6 +58,20 @@ class RawNode:
     def transfer_leader(self, target: int) -> None:
         self.raft.transfer_leader(target)
 
+    def set_lazy(self, lazy: bool) -> None:
+        """Whether this member may learn new commits late (nobody here waits on its state
+        machine): its answers tell the leader, which then skips it in commit broadcasts."""
+        self.raft.lazy = lazy
+
+    @property
+    def commit_notices_owed(self) -> bool:
+        """Leader: a commit broadcast skipped a lazy follower; call flush_commit_notices()
+        after a short while (appends sent meanwhile may have told it already)."""
+        return self.raft.commit_notices_owed
+
+    def flush_commit_notices(self) -> None:
+        self.raft.flush_commit_notices()
+
     def campaign(self) -> None:
         self.raft.campaign()
 

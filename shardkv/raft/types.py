@@ -105,6 +105,10 @@ class Message(msgspec.Struct, array_like=True, frozen=True):
     # receiver holds, or will hear it holds from the answer to an earlier append: accepted
     # without an APP_RESP, which would tell the leader nothing new (a rejection is answered).
     quiet: bool = False
+    # APP_RESP/HEARTBEAT_RESP: the sender needs no prompt notice of new commits (nobody waits
+    # on its state machine); it learns them from the next append, a heartbeat, or
+    # ``flush_commit_notices``.
+    lazy: bool = False
 
 
 class ReadState(msgspec.Struct, frozen=True):

@@ -157,6 +157,10 @@ class Simulation:
         self.election_tick = election_tick
         self.compact_every = compact_every
         self.checker = SafetyChecker()
+        # Lazy followers (skipped by commit broadcasts) in half the seeds, decided by an RNG of
+        # their own so the other half replay exactly as they did before laziness existed.
+        self.lazy_rng = random.Random(seed * 7919 + 17)
+        self.lazy = self.lazy_rng.random() < 0.5
         self.trace: int | None = 0 if trace else None  # digest of every message delivered
         self.now = 0
         self.seq = 0
@@ -545,6 +549,8 @@ class Simulation:
             if node.raw is not None and self.rng.random() > 0.02:  # 2%: a late tick (clock skew)
                 node.raw.tick()
                 self._after_input(node)
+        if self.lazy:
+            self._lazy_turn()
         self._deliver_due()
         for node in self.alive():
             if node.in_flight is not None and node.in_flight[1] <= self.now:
@@ -553,6 +559,18 @@ class Simulation:
         self._deliver_due()
         if self.now % self.election_tick == 0:
             self._retry_writes()
+
+    def _lazy_turn(self) -> None:
+        """Members turn lazy and eager at random, whoever waits on them (pending writes and
+        reads then rely on appends, heartbeats and flushes for their commits); a leader that
+        owes commit notices flushes them sometimes, as the host does after a short delay."""
+        rng = self.lazy_rng
+        for node in self.alive():
+            if rng.random() < 0.2:
+                node.raw.set_lazy(rng.random() < 0.7)
+            if node.raw.commit_notices_owed and rng.random() < 0.5:
+                node.raw.flush_commit_notices()
+                self._drive(node)
 
     def run(self, ticks: int = 300, calm_ticks: int = 600) -> dict:
         for _ in range(ticks):
