@@ -15,12 +15,13 @@ from the member it talks to, after that member applied the write (read-your-writ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,10 @@ INLINE_SAVE_MAX_SECONDS = 0.005
 # commits arriving within this long into one store transaction, one fdatasync: at low load every
 # put otherwise costs each follower a transaction, a sync and two thread hand-offs of its own.
 FOLLOWER_APPLY_BATCH_S = 0.005
+# A leader skips lazy followers (nobody waits on them) in its commit broadcasts; the next append
+# tells them. When none follows within this long, it tells them anyway, so a member's state is
+# never much older than that while it has a leader (serializable reads stay fresh).
+COMMIT_NOTICE_DELAY_S = 0.005
 APPLY_BACKLOG_MAX = 10_000  # committed entries queued for the applier before Raft waits
 
 
@@ -184,6 +189,9 @@ class Member:
         self._apply_idle = asyncio.Event()
         self._apply_idle.set()
         self._apply_now = asyncio.Event()  # someone here waits for the state machine: no batching
+        self._apply_watchers = 0  # lock and election waiters watching every apply
+        self._notice_timer: asyncio.TimerHandle | None = None
+        self._notices_due = False
         self._unsettled = False  # an apply in flight has answered KV writes before its commit
         self._early: set[int] = set()  # proposals answered before the store commit
         self._rid = itertools.count(secrets.randbits(40) << 20)
@@ -349,6 +357,16 @@ class Member:
         return ResponseHeader(cluster_id=self.cluster_id, member_id=self.id, revision=rev,
                               raft_term=self.term)
 
+    @contextlib.contextmanager
+    def watching_applies(self) -> Iterator[None]:
+        """Around a loop that waits on applied_changed() for as long as a client waits (a lock,
+        an election observer): this member then wants every commit at once."""
+        self._apply_watchers += 1
+        try:
+            yield
+        finally:
+            self._apply_watchers -= 1
+
     def applied_changed(self) -> asyncio.Event:
         """An event set at the next apply (for waiters on the state machine, who want it soon:
         no batching of applies meanwhile)."""
@@ -504,6 +522,7 @@ class Member:
                     await asyncio.sleep(0)
                     self.transport.drain()
                     self._feed_raft()
+                self._schedule_commit_notices()
                 await self._maybe_snapshot()
         except Exception:
             log.exception("raft loop failed; stopping the member")
@@ -512,6 +531,10 @@ class Member:
 
     def _feed_raft(self) -> None:
         node = self.node
+        node.set_lazy(not self.is_leader and not self._waited_on())
+        if self._notices_due:
+            self._notices_due = False
+            node.flush_commit_notices()
         incoming, self._incoming = self._incoming, []
         for m in incoming:
             node.step(m)
@@ -537,6 +560,16 @@ class Member:
         self._fail_if_leaderless()
         self._feed_conf_changes()
         self._feed_reads()
+
+    def _schedule_commit_notices(self) -> None:
+        if self._notice_timer is None and self.node.commit_notices_owed:
+            self._notice_timer = asyncio.get_running_loop().call_later(
+                COMMIT_NOTICE_DELAY_S, self._commit_notices_due)
+
+    def _commit_notices_due(self) -> None:
+        self._notice_timer = None
+        self._notices_due = True
+        self._wake.set()
 
     def _advance_ticks(self) -> None:
         """etcd's --initial-election-tick-advance: fast-forward to one tick before the election
@@ -686,13 +719,16 @@ class Member:
             self.stopped.set()
             raise
 
+    def _waited_on(self) -> bool:
+        """Someone here waits on the state machine: this member's own requests, reads,
+        watchers, lock or election waiters. They want every commit applied at once."""
+        return bool(self._waiters or self._read_waiters or self._reads_inflight or self._reads_ready
+                    or self.hub.has_watchers or self._apply_watchers)
+
     def _may_batch_applies(self) -> bool:
-        """Only a follower that nobody waits on: a leader answers its clients from its applies,
-        and a follower's own requests, reads, watchers and lock or election waiters want every
-        commit applied at once."""
-        if self.is_leader or self._waiters or self._read_waiters or self._reads_inflight \
-                or self._reads_ready or self.hub.has_watchers or self._stopping \
-                or self._apply_now.is_set():
+        """Only a follower that nobody waits on (a leader answers its clients from its
+        applies)."""
+        if self.is_leader or self._waited_on() or self._stopping or self._apply_now.is_set():
             return False
         # Membership changes show at once (a member list right after a member add, anywhere).
         return all(e.type != EntryType.CONF_CHANGE for e in self._apply_queue)

@@ -48,14 +48,15 @@ def _owner(m: Member, prefix: bytes) -> kv.KeyValue | None:
 
 async def _wait_turn(m: Member, prefix: bytes, mine: kv.KeyValue) -> None:
     """Until our key is the oldest under the prefix (raise if our key disappeared)."""
-    while True:
-        changed = m.applied_changed()
-        owner = _owner(m, prefix)
-        if owner is None or owner.key == mine.key:
-            if not m.store.range(kv.RangeRequest(key=mine.key)).kvs:
-                raise errors.ErrLeaseNotFound
-            return
-        await changed.wait()
+    with m.watching_applies():
+        while True:
+            changed = m.applied_changed()
+            owner = _owner(m, prefix)
+            if owner is None or owner.key == mine.key:
+                if not m.store.range(kv.RangeRequest(key=mine.key)).kvs:
+                    raise errors.ErrLeaseNotFound
+                return
+            await changed.wait()
 
 
 async def _delete(m: Member, key: bytes) -> int:
@@ -129,14 +130,15 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
         """Stream the leader's key each time it (or its value) changes."""
         prefix = request.name + b"/"
         last = None
-        while True:
-            changed = self.m.applied_changed()
-            owner = _owner(self.m, prefix)
-            if owner is not None and (last is None or owner.mod_revision != last.mod_revision
-                                      or owner.key != last.key):
-                last = owner
-                yield epb.LeaderResponse(header=self._header(), kv=convert.key_value(owner))
-            await changed.wait()
+        with self.m.watching_applies():
+            while True:
+                changed = self.m.applied_changed()
+                owner = _owner(self.m, prefix)
+                if owner is not None and (last is None or owner.mod_revision != last.mod_revision
+                                          or owner.key != last.key):
+                    last = owner
+                    yield epb.LeaderResponse(header=self._header(), kv=convert.key_value(owner))
+                await changed.wait()
 
     @errors.etcd_errors
     async def Resign(self, request: epb.ResignRequest, context):
