@@ -267,6 +267,19 @@ def test_a_follower_that_stops_being_lazy_is_told_the_commit_with_its_next_ack()
     assert c.data_applied(waking) == [b"a", b"b"]
 
 
+def test_lazy_followers_hear_a_membership_change_at_once():
+    c = Cluster(3)
+    leader = elect(c)
+    followers = [i for i in c.ids if i != leader]
+    for i in followers:
+        c.node(i).set_lazy(True)
+    c.tick_all(2)
+    c.node(leader).propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, 4))
+    c.deliver()  # no tick, no flush: the broadcast after the commit reached them
+    index = c.node(leader).raft.log.committed
+    assert all(c.applied[i][-1].index == index and c.applied[i][-1].type == 1 for i in c.ids)
+
+
 def test_inflight_window_bounds_unacknowledged_appends():
     c = Cluster(3, max_inflight_msgs=2, max_size_per_msg=1)
     leader = elect(c)

@@ -189,7 +189,7 @@ class Member:
         self._apply_idle = asyncio.Event()
         self._apply_idle.set()
         self._apply_now = asyncio.Event()  # someone here waits for the state machine: no batching
-        self._apply_watchers = 0  # lock and election waiters watching every apply
+        self._clients_waiting = 0  # see client_waiting
         self._notice_timer: asyncio.TimerHandle | None = None
         self._notices_due = False
         self._unsettled = False  # an apply in flight has answered KV writes before its commit
@@ -358,14 +358,15 @@ class Member:
                               raft_term=self.term)
 
     @contextlib.contextmanager
-    def watching_applies(self) -> Iterator[None]:
-        """Around a loop that waits on applied_changed() for as long as a client waits (a lock,
-        an election observer): this member then wants every commit at once."""
-        self._apply_watchers += 1
+    def client_waiting(self) -> Iterator[None]:
+        """Around waits that this member's state must follow closely: a lock or election
+        waiter watching every apply, a request forwarded to the leader (its client may read
+        here next). This member then wants every commit at once."""
+        self._clients_waiting += 1
         try:
             yield
         finally:
-            self._apply_watchers -= 1
+            self._clients_waiting -= 1
 
     def applied_changed(self) -> asyncio.Event:
         """An event set at the next apply (for waiters on the state machine, who want it soon:
@@ -721,9 +722,10 @@ class Member:
 
     def _waited_on(self) -> bool:
         """Someone here waits on the state machine: this member's own requests, reads,
-        watchers, lock or election waiters. They want every commit applied at once."""
+        watchers, lock or election waiters, forwarded requests. They want every commit applied
+        at once."""
         return bool(self._waiters or self._read_waiters or self._reads_inflight or self._reads_ready
-                    or self.hub.has_watchers or self._apply_watchers)
+                    or self.hub.has_watchers or self._clients_waiting)
 
     def _may_batch_applies(self) -> bool:
         """Only a follower that nobody waits on (a leader answers its clients from its

@@ -456,6 +456,9 @@ class Raft:
         newly = self.log.slice(max(self.log.committed, self.log.offset) + 1, index + 1)
         self.uncommitted_size = max(0, self.uncommitted_size - sum(len(e.data) for e in newly))
         self.log.commit_to(index)
+        if any(e.type == EntryType.CONF_CHANGE for e in newly):
+            for pr in self.prs.values():
+                pr.lazy = False  # every member shows a membership change at once
         if first_commit_in_term and self.log.term(index) == self.term:
             self._release_pending_reads()
         self._maybe_step_down_removed()

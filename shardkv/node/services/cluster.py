@@ -33,10 +33,11 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
 
     async def _forward(self, method: str, request):
         cluster = rpc_pb2_grpc.ClusterStub(await self.channels.leader_channel())
-        try:
-            return await getattr(cluster, method)(request, timeout=self.m.cfg.request_timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise errors.from_rpc_error(exc) or errors.ErrTimeout from None
+        with self.m.client_waiting():  # a member list here next must show the change
+            try:
+                return await getattr(cluster, method)(request, timeout=self.m.cfg.request_timeout)
+            except grpc.aio.AioRpcError as exc:
+                raise errors.from_rpc_error(exc) or errors.ErrTimeout from None
 
     @errors.etcd_errors
     async def MemberList(self, request: pb.MemberListRequest, context):

@@ -48,7 +48,7 @@ def _owner(m: Member, prefix: bytes) -> kv.KeyValue | None:
 
 async def _wait_turn(m: Member, prefix: bytes, mine: kv.KeyValue) -> None:
     """Until our key is the oldest under the prefix (raise if our key disappeared)."""
-    with m.watching_applies():
+    with m.client_waiting():
         while True:
             changed = m.applied_changed()
             owner = _owner(m, prefix)
@@ -130,7 +130,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
         """Stream the leader's key each time it (or its value) changes."""
         prefix = request.name + b"/"
         last = None
-        with self.m.watching_applies():
+        with self.m.client_waiting():
             while True:
                 changed = self.m.applied_changed()
                 owner = _owner(self.m, prefix)
