@@ -211,6 +211,7 @@ class Member:
         self._reads_ready: list[tuple[int, list[asyncio.Future]]] = []
         self._read_seq = itertools.count(1)
         self._incoming_snapshot: tuple[Path, bytes] | None = None
+        self._snapshot_seq = itertools.count()
         self._snap_index = 0
         self._revoking: set[int] = set()
         self._tasks: set[asyncio.Task] = set()  # strong references until each finishes
@@ -489,9 +490,13 @@ class Member:
 
     async def _receive_snapshot(self, frames: list[bytes]) -> None:
         msg = decode_message(frames[0])
-        # one file per received snapshot: a second one (e.g. from a new leader) must not
-        # overwrite a file that is still being written or installed
-        path = self.dir / f"snapshot.incoming.{msg.term}.{msg.snapshot.meta.index}.{msg.frm:x}"
+        if msg.snapshot.meta.index <= self.node.raft.log.committed:
+            self._incoming.append(msg)  # Raft only answers it (e.g. a resend): no data needed
+            self._wake.set()
+            return
+        # one file per received snapshot: a second one (a resend of the same snapshot, or one
+        # from a new leader) must not overwrite a file that is still being written or installed
+        path = self.dir / f"snapshot.incoming.{next(self._snapshot_seq)}"
 
         def write() -> None:
             with open(path, "wb") as f:
