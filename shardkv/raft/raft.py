@@ -452,11 +452,12 @@ class Raft:
             return False
         if self.log.term(index) != self.term and BUG_COMMIT_PREVIOUS_TERM not in self.cfg.bugs:
             return False  # §5.4.2: an old-term entry commits only under a current-term entry
-        first_commit_in_term = self.log.term(self.log.committed) != self.term
-        newly = self.log.slice(max(self.log.committed, self.log.offset) + 1, index + 1)
+        previous = self.log.committed
+        first_commit_in_term = self.log.term(previous) != self.term
+        newly = self.log.slice(max(previous, self.log.offset) + 1, index + 1)
         self.uncommitted_size = max(0, self.uncommitted_size - sum(len(e.data) for e in newly))
         self.log.commit_to(index)
-        if any(e.type == EntryType.CONF_CHANGE for e in newly):
+        if any(previous < at <= index for at, _, _ in self.conf_history):
             for pr in self.prs.values():
                 pr.lazy = False  # every member shows a membership change at once
         if first_commit_in_term and self.log.term(index) == self.term:
