@@ -9,6 +9,7 @@ from urllib.parse import urlparse
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from shardkv import rejected
 from shardkv.raft import NONE
 
 
@@ -63,7 +64,8 @@ async def serve(member, urls: list[str]) -> list[asyncio.AbstractServer]:
 
 def _route(path: str, member, registry) -> tuple[str, str, bytes]:
     if path.startswith("/metrics"):
-        return "200 OK", "text/plain; version=0.0.4", generate_latest(registry)
+        body = generate_latest(registry) + generate_latest(rejected.REGISTRY)
+        return "200 OK", "text/plain; version=0.0.4", body
     if path.startswith("/health"):
         healthy = member.leader != NONE
         body = json.dumps({"health": "true" if healthy else "false"}).encode()
