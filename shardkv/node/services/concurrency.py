@@ -16,8 +16,21 @@ from shardkv.api.v3electionpb import v3election_pb2_grpc
 from shardkv.api.v3lockpb import v3lock_pb2 as lpb
 from shardkv.api.v3lockpb import v3lock_pb2_grpc
 from shardkv.mvcc import kv
-from shardkv.node.member import Member
+from shardkv.mvcc.errors import EtcdError
+from shardkv.mvcc.validate import validate
+from shardkv.node.member import Member, to_api_error
 from shardkv.node.services import convert
+
+
+async def _propose(m: Member, request: kv.PutRequest | kv.DeleteRangeRequest | kv.TxnRequest):
+    """Propose a KV request built from a client's fields, after etcd's KV checks (etcd's
+    v3lock/v3election run a clientv3 client against the KV service, which checks them): a bad
+    one is refused before it reaches the log."""
+    try:
+        validate(request, m.cfg.max_txn_ops)
+    except EtcdError as exc:
+        raise to_api_error(exc) from None
+    return await m.propose(request)
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -32,7 +45,7 @@ async def _claim(m: Member, prefix: bytes, lease: int, value: bytes) -> kv.KeyVa
                             key=key, create_revision=0)],
         success=[kv.RequestOp(request_put=kv.PutRequest(key=key, value=value, lease=lease))],
         failure=[kv.RequestOp(request_range=kv.RangeRequest(key=key))])
-    await m.propose(txn)
+    await _propose(m, txn)
     kvs = m.store.range(kv.RangeRequest(key=key)).kvs
     if not kvs:  # the lease expired between put and read
         raise errors.ErrLeaseNotFound
@@ -60,7 +73,7 @@ async def _wait_turn(m: Member, prefix: bytes, mine: kv.KeyValue) -> None:
 
 
 async def _delete(m: Member, key: bytes) -> int:
-    resp = await m.propose(kv.DeleteRangeRequest(key=key))
+    resp = await _propose(m, kv.DeleteRangeRequest(key=key))
     return resp.header.revision
 
 
@@ -97,7 +110,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
         prefix = request.name + b"/"
         mine = await _claim(self.m, prefix, request.lease, request.value)
         if mine.value != request.value:  # re-campaign with the same lease: update the value
-            await self.m.propose(kv.PutRequest(key=mine.key, value=request.value,
+            await _propose(self.m, kv.PutRequest(key=mine.key, value=request.value,
                                                lease=request.lease))
         try:
             await _wait_turn(self.m, prefix, mine)
@@ -110,10 +123,12 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
 
     @errors.etcd_errors
     async def Proclaim(self, request: epb.ProclaimRequest, context):
+        if not request.HasField("leader"):
+            raise errors.ErrMissingLeaderKey
         lk = request.leader
         put = kv.PutRequest(key=lk.key, value=request.value, lease=lk.lease)
         txn = _if_still_leader(lk, kv.RequestOp(request_put=put))
-        resp = await self.m.propose(txn)
+        resp = await _propose(self.m, txn)
         if not resp.succeeded:
             raise errors.ErrElectionNotLeader
         return epb.ProclaimResponse(header=self._header(resp.header.revision))
@@ -142,9 +157,11 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
 
     @errors.etcd_errors
     async def Resign(self, request: epb.ResignRequest, context):
+        if not request.HasField("leader"):
+            raise errors.ErrMissingLeaderKey
         lk = request.leader
         txn = _if_still_leader(lk, kv.RequestOp(request_delete_range=kv.DeleteRangeRequest(key=lk.key)))
-        resp = await self.m.propose(txn)
+        resp = await _propose(self.m, txn)
         return epb.ResignResponse(header=self._header(resp.header.revision))
 
 
