@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import shutil
+from pathlib import Path
 
 import grpc
 import pytest
@@ -33,27 +34,50 @@ from shardkv.raft.types import encode
 TIMEOUT = 10
 MAX_TXN_OPS = 16
 _probes = itertools.count()
+_clusters = itertools.count()
+
+
+class Clusters:
+    """One 3-member cluster shared by the tests, replaced by a fresh one after a test that left
+    a member stopped or not serving (so that each test's verdict is its own)."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.current: harness.Cluster | None = None
+        self.suspect = False
+
+    def healthy(self) -> harness.Cluster:
+        if self.current is None or self.suspect:
+            if self.current is not None:
+                self.current.close()
+            self.current = harness.make_cluster(self.base / f"c{next(_clusters)}", 3,
+                                                [f"--max-txn-ops={MAX_TXN_OPS}"])
+            for node in self.current.nodes:
+                node.start()
+            harness.wait_ready(self.current)
+            self.suspect = False
+        return self.current
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = harness.make_cluster(tmp_path_factory.mktemp("poison"), 3,
-                             [f"--max-txn-ops={MAX_TXN_OPS}"])
+def clusters(tmp_path_factory):
+    made = Clusters(tmp_path_factory.mktemp("poison"))
     try:
-        for node in c.nodes:
-            node.start()
-        harness.wait_ready(c)
-        yield c
+        yield made
     finally:
-        c.close()
+        if made.current is not None:
+            made.current.close()
 
 
 @pytest.fixture
-def ch(cluster):
+def ch(clusters):
     """A channel to the first member; after the test, every member must be up and serve."""
+    cluster = clusters.healthy()
+    clusters.suspect = True
     with grpc.insecure_channel(f"127.0.0.1:{cluster.nodes[0].client_port}") as channel:
         yield channel
     assert_all_serve(cluster)
+    clusters.suspect = False
 
 
 def assert_all_serve(cluster: harness.Cluster) -> None:
