@@ -90,16 +90,17 @@ def attack(base: Path, name: str, send: Callable[[grpc.Channel], object]) -> str
             except grpc.RpcError as exc:
                 answer = f"{exc.code().name} {exc.details()!r}"
         time.sleep(SETTLE_S)
-        up = [n for n in cluster.nodes if n.alive]
-        serving = sum(serves(n) for n in up)
+        serving = sum(serves(n) for n in cluster.nodes if n.alive)
         down = [n for n in cluster.nodes if not n.alive]
         for n in down:  # a restart replays the committed entry
             n.kill()
             n.start()
-        time.sleep(SETTLE_S * 2)
+        time.sleep(SETTLE_S * 3)
         back = sum(n.alive for n in down)
-        return (f"{name:36} answer: {answer:60.60} | up {len(up)}/3, serving {serving}/3"
-                f" | restarted {len(down)}, still up after replay {back}")
+        serving_after = sum(serves(n) for n in cluster.nodes if n.alive)
+        return (f"{name:34} answer: {answer:56.56} | stopped {len(down)}/3, serving {serving}/3"
+                f" | after restarting them: up {3 - len(down) + back}/3, serving "
+                f"{serving_after}/3")
     finally:
         cluster.close()
 

@@ -14,9 +14,12 @@ import shutil
 from pathlib import Path
 
 import grpc
+import msgspec
 import pytest
+import zmq
 
 import harness
+from shardkv import rejected
 from shardkv.api import errors as api_errors
 from shardkv.api.etcdserverpb import rpc_pb2 as pb
 from shardkv.api.etcdserverpb import rpc_pb2_grpc as rpc
@@ -24,9 +27,16 @@ from shardkv.api.v3electionpb import v3election_pb2 as epb
 from shardkv.api.v3electionpb import v3election_pb2_grpc as erpc
 from shardkv.api.v3lockpb import v3lock_pb2 as lpb
 from shardkv.api.v3lockpb import v3lock_pb2_grpc as lrpc
-from shardkv.mvcc.kv import AlarmRequest, LeaseGrantRequest, PutRequest, RangeRequest
+from shardkv.mvcc.kv import (
+    AlarmRequest,
+    LeaseGrantRequest,
+    PutRequest,
+    PutResponse,
+    RangeRequest,
+)
 from shardkv.node.member import ConfContext, Member, MemberConfig, Proposal
 from shardkv.node import membership
+from shardkv.node.intake import IntakeHub
 from shardkv.node.membership import MemberRecord
 from shardkv.raft import ConfChange, ConfChangeType
 from shardkv.raft.types import encode
@@ -306,6 +316,22 @@ def test_member_ids_that_do_not_exist(ch):
         refused(call, grpc.StatusCode.NOT_FOUND, "etcdserver: member not found")
 
 
+def test_client_workers_validate_the_same_way(cluster_factory):
+    """With --client-workers the KV service runs in intake processes; the member checks what
+    they send with the same code (services.kv.execute) as its own KV service."""
+    c = cluster_factory(3, ["--client-workers=1"])
+    with grpc.insecure_channel(f"127.0.0.1:{c.nodes[0].client_port}") as channel:
+        kv = rpc.KVStub(channel)
+        refused(lambda: kv.Put(pb.PutRequest(key=b"k", value=b"v", lease=-5), timeout=TIMEOUT),
+                grpc.StatusCode.NOT_FOUND, LEASE_NOT_FOUND)
+        refused(lambda: kv.Range(pb.RangeRequest(key=b"a", sort_target=9), timeout=TIMEOUT),
+                grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: unknown sort target")
+        resp = kv.Txn(pb.TxnRequest(compare=[pb.Compare(key=b"k", target=9, result=9)],
+                                    success=[_put_op(b"cmp")]), timeout=TIMEOUT)
+        assert resp.succeeded
+    assert_all_serve(c)
+
+
 # ---------------------------------------------------------------- the applier itself
 
 
@@ -387,3 +413,35 @@ def test_poison_entries_in_the_log_give_error_results_and_survive_replay(tmp_pat
                 await m.stop()
             forget_applied()
     asyncio.run(asyncio.wait_for(main(), 90))
+
+
+def test_intake_hub_drops_malformed_batches():
+    """The member's ZeroMQ end for intake processes (loopback, but any local process can
+    connect): what is not a batch is counted and dropped, and the next batch is served."""
+    async def main() -> None:
+        async def execute(request: object) -> PutResponse:
+            assert request == PutRequest(key=b"k", value=b"v")
+            return PutResponse()
+
+        hub = IntakeHub(execute)
+        hub.start(asyncio.get_running_loop())
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(hub.address)
+        try:
+            before = rejected.value("intake", "undecodable")
+            sock.send(b"\xc1 not msgpack")
+            sock.send_multipart([b"two", b"frames"])
+            sock.send(msgspec.msgpack.encode([(7, "put", encode(PutRequest(key=b"k",
+                                                                           value=b"v")))]))
+            for _ in range(100):
+                if sock.poll(0):
+                    break
+                await asyncio.sleep(0.05)
+            [(rid, status, _)] = msgspec.msgpack.decode(sock.recv())
+            assert (rid, status) == (7, 0)
+            assert rejected.value("intake", "undecodable") == before + 2
+        finally:
+            sock.close(0)
+            hub.close()
+    asyncio.run(asyncio.wait_for(main(), 20))
