@@ -171,10 +171,9 @@ def to_api_error(exc: BaseException) -> api_errors.EtcdError:
 class _BadEntry(Exception):
     """A committed entry that does not decode: answered with ApplyFailedError everywhere."""
 
-    def __init__(self, index: int, rid: int, why: str) -> None:
+    def __init__(self, rid: int, why: str) -> None:
         super().__init__(why)
-        self.rid = rid
-        rejected.count("raft_entry", "undecodable", log, f"entry {index}: {why}")
+        self.rid = rid  # 0 when not even that decoded
 
 
 _CONF_CHANGE_TYPES = frozenset(ConfChangeType)
@@ -906,6 +905,7 @@ class Member:
             try:
                 rid, request, changed = self._decode_entry(e)
             except _BadEntry as bad:
+                rejected.count("raft_entry", "undecodable", log, f"entry {e.index}: {bad}")
                 rid, request, changed = bad.rid, None, False
                 failed.append(len(batch))
             registry_changed |= changed
@@ -975,14 +975,14 @@ class Member:
         try:
             p = _decode_proposal(e.data)
         except msgspec.DecodeError as exc:
-            raise _BadEntry(e.index, 0, f"proposal: {exc}") from None
+            raise _BadEntry(0, f"proposal: {exc}") from None
         decoder = DECODERS.get(p.kind)
         if decoder is None:
-            raise _BadEntry(e.index, p.rid, f"unknown request kind {p.kind!r}")
+            raise _BadEntry(p.rid, f"unknown request kind {p.kind!r}")
         try:
             request = decoder.decode(p.body)
         except msgspec.DecodeError as exc:
-            raise _BadEntry(e.index, p.rid, f"{p.kind}: {exc}") from None
+            raise _BadEntry(p.rid, f"{p.kind}: {exc}") from None
         if p.kind == "member_attr":
             changed = e.index > self.registry.applied and self._apply_member_attr(request)
             return p.rid, None, changed
@@ -995,7 +995,7 @@ class Member:
         try:
             cc = decode_conf_change(e.data)
         except msgspec.DecodeError as exc:
-            raise _BadEntry(e.index, 0, f"conf change: {exc}") from None
+            raise _BadEntry(0, f"conf change: {exc}") from None
         try:
             ctx = _decode_conf_context(cc.context) if cc.context else ConfContext(0)
         except msgspec.DecodeError as exc:

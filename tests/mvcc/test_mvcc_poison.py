@@ -55,7 +55,8 @@ def value_of(store: Store, key: bytes) -> bytes | None:
 def test_put_with_a_negative_lease_that_does_not_exist_is_lease_not_found(store):
     apply = Applier(store)
     txn = TxnRequest(success=[RequestOp(request_put=PutRequest(key=b"k", value=b"v", lease=-5))])
-    results = apply(PutRequest(key=b"k", value=b"v", lease=-5), txn, PutRequest(key=b"after", value=b"v"))
+    results = apply(PutRequest(key=b"k", value=b"v", lease=-5), txn,
+                    PutRequest(key=b"after", value=b"v"))
     assert isinstance(results[0], E.LeaseNotFoundError)
     assert isinstance(results[1], E.LeaseNotFoundError)
     assert value_of(store, b"after") == b"v"  # the batch went on
