@@ -61,10 +61,13 @@ def _check_key(key: bytes) -> None:
 
 
 def _check_range(req: RangeRequest) -> None:
-    _check_key(req.key)
+    if not req.key:
+        raise EmptyKeyError()
     # etcd sorts on any known order (NONE becomes ASCEND for a non-KEY target) and ignores an
-    # unknown order; only a sort it would run on an unknown target is refused.
-    if req.sort_target not in _SORT_TARGETS and req.sort_order in _SORT_ORDERS:
+    # unknown order; only a sort it would run on an unknown target is refused. (KEY, 0, is
+    # the common case: tested first.)
+    if req.sort_target and req.sort_target not in _SORT_TARGETS and \
+            req.sort_order in _SORT_ORDERS:
         raise SortTargetError()
 
 
