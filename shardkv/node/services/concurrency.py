@@ -8,6 +8,11 @@ before it is applied here too, so the local store decides correctly."""
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
 
 from shardkv.api import errors
 from shardkv.api.etcdserverpb import rpc_pb2 as pb
@@ -20,6 +25,21 @@ from shardkv.mvcc.errors import EtcdError
 from shardkv.mvcc.validate import validate
 from shardkv.node.member import Member, to_api_error
 from shardkv.node.services import convert
+
+
+def _client_errors(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """etcd's v3lock and v3election servers call etcd through a clientv3 client, whose errors
+    reach gRPC as plain Go errors: a client sees every one of them as UNKNOWN, with etcd's
+    text. Decorates a unary servicer method (in place of ``errors.etcd_errors``)."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            return await method(self, request, context)
+        except errors.EtcdError as exc:
+            await context.abort(grpc.StatusCode.UNKNOWN, exc.message)
+
+    return wrapper
 
 
 async def _propose(m: Member, request: kv.PutRequest | kv.DeleteRangeRequest | kv.TxnRequest):
@@ -81,7 +101,7 @@ class LockService(v3lock_pb2_grpc.LockServicer):
     def __init__(self, member: Member) -> None:
         self.m = member
 
-    @errors.etcd_errors
+    @_client_errors
     async def Lock(self, request: lpb.LockRequest, context):
         prefix = request.name + b"/"
         mine = await _claim(self.m, prefix, request.lease, b"")
@@ -92,7 +112,7 @@ class LockService(v3lock_pb2_grpc.LockServicer):
             raise
         return lpb.LockResponse(header=convert.header(self.m.header()), key=mine.key)
 
-    @errors.etcd_errors
+    @_client_errors
     async def Unlock(self, request: lpb.UnlockRequest, context):
         rev = await _delete(self.m, request.key)
         return lpb.UnlockResponse(header=convert.header(self.m.header(rev)))
@@ -105,7 +125,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
     def _header(self, revision: int | None = None) -> pb.ResponseHeader:
         return convert.header(self.m.header(revision))
 
-    @errors.etcd_errors
+    @_client_errors
     async def Campaign(self, request: epb.CampaignRequest, context):
         prefix = request.name + b"/"
         mine = await _claim(self.m, prefix, request.lease, request.value)
@@ -121,7 +141,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
                                lease=request.lease)
         return epb.CampaignResponse(header=self._header(), leader=leader)
 
-    @errors.etcd_errors
+    @_client_errors
     async def Proclaim(self, request: epb.ProclaimRequest, context):
         if not request.HasField("leader"):
             raise errors.ErrMissingLeaderKey
@@ -133,7 +153,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
             raise errors.ErrElectionNotLeader
         return epb.ProclaimResponse(header=self._header(resp.header.revision))
 
-    @errors.etcd_errors
+    @_client_errors
     async def Leader(self, request: epb.LeaderRequest, context):
         await self.m.linearizable_barrier()
         owner = _owner(self.m, request.name + b"/")
@@ -155,7 +175,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
                     yield epb.LeaderResponse(header=self._header(), kv=convert.key_value(owner))
                 await changed.wait()
 
-    @errors.etcd_errors
+    @_client_errors
     async def Resign(self, request: epb.ResignRequest, context):
         if not request.HasField("leader"):
             raise errors.ErrMissingLeaderKey
