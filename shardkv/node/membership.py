@@ -50,7 +50,8 @@ _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
                         "-_.~!$&'()*+,;=:[]<>\"")
 _PORT = re.compile(r"(:[0-9]*)?")
-_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+# in a host, Go allows %-escapes of non-ASCII bytes only, and %25 (RFC 6874 zone ids)
+_ESCAPE = re.compile(r"%(?:[89A-Fa-f][0-9A-Fa-f]|25)")
 
 
 def peer_url_problem(url: str) -> str | None:

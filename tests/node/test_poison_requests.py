@@ -34,7 +34,14 @@ from shardkv.mvcc.kv import (
     PutResponse,
     RangeRequest,
 )
-from shardkv.node.member import ConfContext, Member, MemberConfig, Proposal
+from shardkv.node.member import (
+    MAX_DIALED_PEER_URLS,
+    ConfContext,
+    Member,
+    MemberConfig,
+    Proposal,
+    _dialable,
+)
 from shardkv.node import membership
 from shardkv.node.intake import IntakeHub
 from shardkv.node.membership import MemberRecord
@@ -331,6 +338,29 @@ def test_client_workers_validate_the_same_way(cluster_factory):
                                     success=[_put_op(b"cmp")]), timeout=TIMEOUT)
         assert resp.succeeded
     assert_all_serve(c)
+
+
+# etcd 3.4's answers (types.NewURLs), each checked against a real etcd 3.4.23 MemberAdd
+@pytest.mark.parametrize("url,accepted", [
+    ("http://127.0.0.1:2380", True), ("HTTPS://[::1]:2380", True), (" http://h:1 ", True),
+    ("unix://sock:0", True), ("http://h:1?q#f", True), ("http://u@h:1", True),
+    ("http://127.0.0.1:99999", True), ("http://h:", True),  # not dialable, still accepted
+    ("http://", False), ("garbage", False), ("ftp://h:1", False), ("http://h", False),
+    ("http://h:1/", False), ("http://h:1/path", False), ("http://h:1a", False),
+    ("http://[::1]", False), ("http://::1:80", False), ("http://a b:1", False),
+    ("http://h%zz:1", False), ("http://h\x00:1", False), ("http:h:1", False),
+    ("http://h%41:1", False), ("http://h%c3%a9:1", True), ("http://hé:1", True),
+    ("http://[h]:1", True), ("http://h]:1", False), ("http://h<:1", True),
+    ("http://h:1:2", False)])
+def test_peer_url_rules(url, accepted):
+    assert (membership.peer_url_problem(url) is None) is accepted
+
+
+def test_only_dialable_peer_urls_reach_the_transport():
+    urls = ["http://127.0.0.1:99999", "http://h:", *(f"http://127.0.0.2:{p}" for p in
+                                                      range(20000, 20100))]
+    dialed = _dialable(MemberRecord(id=1, peer_urls=urls))
+    assert dialed == urls[2:2 + MAX_DIALED_PEER_URLS]
 
 
 # ---------------------------------------------------------------- the applier itself
