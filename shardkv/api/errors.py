@@ -187,6 +187,12 @@ ErrMissingLeaderKey = _e(_C.UNKNOWN, '"leader" field must be provided')
 ErrElectionNotLeader = _e(_C.UNKNOWN, "election: not leader")
 ErrElectionNoLeader = _e(_C.UNKNOWN, "election: no leader")
 
+# shardkv's answers where etcd 3.4 has none (it crashes; see shardkv.mvcc.errors)
+ErrUnknownSortTarget = _e(_C.INVALID_ARGUMENT, "etcdserver: unknown sort target")
+ErrUnknownAlarmAction = _e(_C.INVALID_ARGUMENT, "etcdserver: unknown alarm action")
+ErrAlarmTypeRange = _e(_C.INVALID_ARGUMENT, "etcdserver: alarm type out of range")
+ErrApplyFailed = _e(_C.INTERNAL, "etcdserver: request could not be applied")
+
 
 def _collect() -> dict[str, EtcdError]:
     table: dict[str, EtcdError] = {}

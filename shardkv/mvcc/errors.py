@@ -69,6 +69,33 @@ class LeaseTTLTooLargeError(EtcdError):
     message = "etcdserver: too large lease TTL"
 
 
+class SortTargetError(EtcdError):
+    """A sort on a target etcd does not know: etcd 3.4 itself crashes on it (a nil sorter);
+    shardkv refuses it."""
+
+    message = "etcdserver: unknown sort target"
+
+
+class AlarmActionError(EtcdError):
+    """An alarm request with an action etcd does not know: etcd 3.4 crashes answering it (a
+    nil response); shardkv refuses it."""
+
+    message = "etcdserver: unknown alarm action"
+
+
+class AlarmTypeError(EtcdError):
+    """An alarm type the store cannot hold (it keeps one byte; etcd's types are 0-2)."""
+
+    message = "etcdserver: alarm type out of range"
+
+
+class ApplyFailedError(EtcdError):
+    """A committed entry that could not be applied (undecodable, or a bug met applying it):
+    every member answers it with this and changes nothing, instead of stopping."""
+
+    message = "etcdserver: request could not be applied"
+
+
 class NotPrimaryError(EtcdError):
     """Keep-alive on a lessor that is not the leader's (etcd's lease.ErrNotPrimary)."""
 

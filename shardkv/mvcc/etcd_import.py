@@ -33,7 +33,7 @@ from shardkv.mvcc.store import INITIAL_MAP_SIZE, Store, fsync_dir
 log = logging.getLogger("shardkv.mvcc.etcd_import")
 
 _I64 = struct.Struct(">q")
-_ID = struct.Struct(">Q")
+_LEASE_ID = struct.Struct(">q")  # etcd: int64 IDs, two's-complement bytes
 _encode = msgspec.msgpack.Encoder().encode
 
 
@@ -109,9 +109,9 @@ def import_etcd_db(db_path: Path | str, store_dir: Path | str,
                 if last[index.VERSION] > 0:
                     live += 1
                     if last[index.LEASE] and last[index.LEASE] in src.leases:
-                        txn.put(_ID.pack(last[index.LEASE]) + key, b"", db=dbs.lease_keys)
+                        txn.put(_LEASE_ID.pack(last[index.LEASE]) + key, b"", db=dbs.lease_keys)
             for lease_id, ttl in src.leases.items():
-                txn.put(_ID.pack(lease_id), _encode(ttl), db=dbs.lease)
+                txn.put(_LEASE_ID.pack(lease_id), _encode(ttl), db=dbs.lease)
             # etcd's restore: currentRev is the newest revision in the key bucket, raised to
             # the compacted revision; an empty backend is at revision 1.
             current = max(max_rev, src.compact_revision, 1)

@@ -5,7 +5,7 @@ LMDB layout (one environment, named databases):
 * ``key``    revision bytes (16, +``t`` for a tombstone) -> msgpack ``KeyValue`` (etcd's key bucket)
 * ``index``  user key -> revision history of that key (see ``index.py``)
 * ``meta``   ``current_rev``, ``compact_rev``, ``consistent_index`` (last applied Raft index)
-* ``lease``  lease ID (8 bytes BE) -> granted TTL;  ``lease_keys``  ID + user key -> b""
+* ``lease``  lease ID (8 bytes BE, signed) -> granted TTL;  ``lease_keys``  ID + user key -> b""
 * ``alarm``  member ID (8 bytes BE) + alarm type (1 byte) -> b""
 
 Writes only happen in ``apply``: one LMDB write transaction per batch of Raft entries, holding the
@@ -14,6 +14,7 @@ a nested transaction so a request that fails leaves no partial writes.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import struct
@@ -27,6 +28,7 @@ import msgspec
 
 from shardkv.mvcc import index
 from shardkv.mvcc.errors import (
+    ApplyFailedError,
     CompactedError,
     CorruptError,
     EtcdError,
@@ -82,6 +84,8 @@ from shardkv.mvcc.revision import LocalRevisions, RevisionSource, bytes_to_rev, 
 from shardkv.mvcc.validate import validate
 from shardkv.trace import tr
 
+log = logging.getLogger("shardkv.mvcc.store")
+
 DEFAULT_QUOTA_BYTES = 2 * 1024**3  # etcd's default --quota-backend-bytes
 DEFAULT_MAX_TXN_OPS = 128
 INITIAL_MAP_SIZE = 64 * 1024**2
@@ -89,7 +93,9 @@ KV_OVERHEAD = 256  # etcd's quota cost estimates
 LEASE_OVERHEAD = 64
 
 _I64 = struct.Struct(">q")
-_ID = struct.Struct(">Q")
+# etcd's lease IDs are int64 and may be negative (a client may pick its own); etcd keys its lease
+# bucket by the ID's two's-complement big-endian bytes, as ">q" packs it.
+_LEASE_ID = struct.Struct(">q")
 _ALARM = struct.Struct(">QB")
 _encode = msgspec.msgpack.Encoder().encode
 _decode_kv = msgspec.msgpack.Decoder(KeyValue).decode
@@ -211,7 +217,7 @@ class Store:
             self._compact_rev = self._meta(txn, _COMPACT_REV, -1)
             self._consistent_index = self._meta(txn, _CONSISTENT_INDEX, 0)
             leases = {
-                _ID.unpack(k)[0]: _decode_int(v) for k, v in txn.cursor(db=self._dbs.lease)
+                _LEASE_ID.unpack(k)[0]: _decode_int(v) for k, v in txn.cursor(db=self._dbs.lease)
             }
         self.lessor.adopt(leases)
         self._known_size = self.size()
@@ -300,7 +306,10 @@ class Store:
 
         Entries at or below ``consistent_index`` were applied before a restart and are skipped
         (result None); ``request`` None (e.g. an empty or conf-change entry) only advances the
-        applied index. A failing request yields its ``EtcdError`` as result and changes nothing.
+        applied index. A failing request yields its ``EtcdError`` as result and changes nothing;
+        so does a request that raises anything else but a disk error (``ApplyFailedError``,
+        logged with its index): applying committed entries is total, only ``lmdb.Error`` and
+        ``OSError`` escape.
         ``computed`` is handed the results before the commit and its fsync (the entries are
         already durable in the Raft log, so their answers are final); it may be called again
         with the same results if the transaction is retried.
@@ -338,6 +347,19 @@ class Store:
                 except EtcdError as err:
                     child.abort()
                     results.append(err)
+                    continue
+                except (lmdb.Error, OSError, MemoryError):
+                    # the machine, not the request (another replica may not meet it): stop, or
+                    # grow the map (apply)
+                    child.abort()
+                    raise
+                except Exception:
+                    # A request the checks let through and applying it met a bug: every replica
+                    # meets it the same way, so an error result keeps them equal and running.
+                    child.abort()
+                    log.exception("applying entry %d (%s) failed; answering it with an error",
+                                  raft_index, type(request).__name__)
+                    results.append(ApplyFailedError())
                     continue
                 except BaseException:
                     child.abort()
@@ -378,6 +400,7 @@ class Store:
 
     def _apply_one(self, v: _View, request: WriteRequest) -> Result:
         if isinstance(request, AlarmRequest):
+            validate(request)
             return _alarm(v, request)
         if _alarm_active(v, AlarmType.CORRUPT):
             raise CorruptError()
@@ -600,7 +623,7 @@ def _range(v: _View, r: RangeRequest) -> RangeResponse:
     order = r.sort_order
     if r.sort_target != SortTarget.KEY and order == SortOrder.NONE:
         order = SortOrder.ASCEND  # etcd: results are key-ordered already, so only non-KEY sorts
-    if order != SortOrder.NONE:
+    if order in (SortOrder.ASCEND, SortOrder.DESCEND):  # etcd ignores an unknown order
         kvs.sort(key=_SORT_KEYS[r.sort_target], reverse=order == SortOrder.DESCEND)
     if r.limit > 0 and len(kvs) > r.limit:
         kvs = kvs[: r.limit]
@@ -630,7 +653,7 @@ def _get(v: _View, key: bytes) -> KeyValue | None:
 
 
 def _lease_exists(v: _View, lease_id: int) -> bool:
-    return v.txn.get(_ID.pack(lease_id), db=v.dbs.lease) is not None
+    return v.txn.get(_LEASE_ID.pack(lease_id), db=v.dbs.lease) is not None
 
 
 def _put(v: _View, p: PutRequest, in_txn: bool = False) -> PutResponse:
@@ -669,9 +692,9 @@ def _write_put(v: _View, key: bytes, value: bytes, lease: int) -> None:
     index.append(v.txn, v.dbs, key, [rev, sub, create, version, lease])
     old_lease = last[index.LEASE] if last else 0
     if old_lease:
-        v.txn.delete(_ID.pack(old_lease) + key, db=v.dbs.lease_keys)
+        v.txn.delete(_LEASE_ID.pack(old_lease) + key, db=v.dbs.lease_keys)
     if lease:
-        v.txn.put(_ID.pack(lease) + key, b"", db=v.dbs.lease_keys)
+        v.txn.put(_LEASE_ID.pack(lease) + key, b"", db=v.dbs.lease_keys)
     v.changes.append(Event(type=EventType.PUT, kv=kv))
 
 
@@ -694,7 +717,7 @@ def _write_tombstone(v: _View, key: bytes, live_entry: index.IndexEntry) -> None
     v.txn.put(rev_to_bytes(rev, sub, tombstone=True), _encode(kv), db=v.dbs.key)
     index.append(v.txn, v.dbs, key, [rev, sub, 0, 0, 0])
     if live_entry[index.LEASE]:
-        v.txn.delete(_ID.pack(live_entry[index.LEASE]) + key, db=v.dbs.lease_keys)
+        v.txn.delete(_LEASE_ID.pack(live_entry[index.LEASE]) + key, db=v.dbs.lease_keys)
     v.changes.append(Event(type=EventType.DELETE, kv=kv))
 
 
@@ -729,13 +752,21 @@ def _compare(v: _View, c: Compare) -> bool:
 
 
 def _compare_kv(c: Compare, kv: KeyValue) -> bool:
-    actual, wanted = {
-        CompareTarget.VALUE: (kv.value, c.value),
-        CompareTarget.CREATE: (kv.create_revision, c.create_revision),
-        CompareTarget.MOD: (kv.mod_revision, c.mod_revision),
-        CompareTarget.VERSION: (kv.version, c.version),
-        CompareTarget.LEASE: (kv.lease, c.lease),
-    }[c.target]
+    """etcd's compareKV. An unknown target compares as equal and an unknown result holds, as
+    in etcd (both are legal in its API: proto3 enums are open)."""
+    target = c.target
+    if target == CompareTarget.VALUE:
+        actual, wanted = kv.value, c.value
+    elif target == CompareTarget.CREATE:
+        actual, wanted = kv.create_revision, c.create_revision
+    elif target == CompareTarget.MOD:
+        actual, wanted = kv.mod_revision, c.mod_revision
+    elif target == CompareTarget.VERSION:
+        actual, wanted = kv.version, c.version
+    elif target == CompareTarget.LEASE:
+        actual, wanted = kv.lease, c.lease
+    else:
+        actual = wanted = 0
     if c.result == CompareResult.EQUAL:
         return actual == wanted
     if c.result == CompareResult.NOT_EQUAL:
@@ -848,7 +879,7 @@ def _migrate_index(env: lmdb.Environment, dbs: _Dbs) -> None:
 
 
 def _lease_keys(txn: lmdb.Transaction, dbs: _Dbs, lease_id: int) -> list[bytes]:
-    prefix = _ID.pack(lease_id)
+    prefix = _LEASE_ID.pack(lease_id)
     cursor = txn.cursor(db=dbs.lease_keys)
     keys = []
     if cursor.set_range(prefix):
@@ -868,7 +899,7 @@ def _lease_grant(v: _View, g: LeaseGrantRequest, min_ttl: int) -> LeaseGrantResp
     if _lease_exists(v, g.ID):
         _fail(LeaseExistsError)
     ttl = max(g.TTL, min_ttl)
-    v.txn.put(_ID.pack(g.ID), _encode(ttl), db=v.dbs.lease)
+    v.txn.put(_LEASE_ID.pack(g.ID), _encode(ttl), db=v.dbs.lease)
     v.granted.append((g.ID, ttl))
     return LeaseGrantResponse(header=ResponseHeader(revision=v.rev()), ID=g.ID, TTL=ttl)
 
@@ -881,7 +912,7 @@ def _lease_revoke(v: _View, r: LeaseRevokeRequest) -> LeaseRevokeResponse:
         live = _live(v, key, b"", v.rev())
         if live:
             _write_tombstone(v, key, live[0][1])
-    v.txn.delete(_ID.pack(r.ID), db=v.dbs.lease)
+    v.txn.delete(_LEASE_ID.pack(r.ID), db=v.dbs.lease)
     v.revoked.append(r.ID)
     return LeaseRevokeResponse(header=ResponseHeader(revision=v.rev()))
 

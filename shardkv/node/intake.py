@@ -38,6 +38,7 @@ import grpc
 import msgspec
 import zmq
 
+from shardkv import rejected
 from shardkv.api import errors as api_errors
 from shardkv.api.etcdserverpb import rpc_pb2_grpc
 from shardkv.mvcc import kv
@@ -94,8 +95,14 @@ class IntakeHub:
         loop.add_reader(self._sock.getsockopt(zmq.FD), self._on_readable)
 
     def _on_readable(self) -> None:
-        for identity, payload in waiting(self._sock):
-            for rid, kind, body in _decode_batch(payload):
+        for frames in waiting(self._sock):
+            try:  # anything else than [identity, batch] is not from an intake process of ours
+                identity, payload = frames
+                batch = _decode_batch(payload)
+            except (ValueError, msgspec.DecodeError) as exc:
+                rejected.count("intake", "undecodable", log, str(exc))
+                continue
+            for rid, kind, body in batch:
                 task = self._loop.create_task(self._serve(identity, rid, kind, body))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -104,6 +111,7 @@ class IntakeHub:
         try:
             if kind not in _RESPONSES:
                 raise ValueError(f"not a KV request kind: {kind!r}")  # only KV comes this way
+            # The same checks as the member's own KV service: ``execute`` validates.
             resp = await self._execute(DECODERS[kind].decode(body))
             reply = (rid, 0, _encode(resp))
         except api_errors.EtcdError as exc:

@@ -28,9 +28,11 @@ from typing import Any
 
 import msgspec
 
+from shardkv import rejected
 from shardkv.api import errors as api_errors
 from shardkv.mvcc import etcd_import
 from shardkv.mvcc import snapshot as mvcc_snapshot
+from shardkv.mvcc.errors import ApplyFailedError
 from shardkv.mvcc.kv import (
     AlarmRequest,
     CompactionRequest,
@@ -47,7 +49,13 @@ from shardkv.mvcc.store import Store
 from shardkv.mvcc.watch import WatchHub
 from shardkv.node import compactor, membership
 from shardkv.node.membership import MemberRecord, Registry
-from shardkv.node.transport import KIND_MESSAGES, KIND_REMOVED, KIND_SNAPSHOT, PeerTransport
+from shardkv.node.transport import (
+    KIND_MESSAGES,
+    KIND_REMOVED,
+    KIND_SNAPSHOT,
+    PeerTransport,
+    zmq_endpoint,
+)
 from shardkv.raft import (
     NONE,
     Config,
@@ -158,6 +166,34 @@ def to_api_error(exc: BaseException) -> api_errors.EtcdError:
         return exc
     return api_errors.from_message(str(exc)) or api_errors.EtcdError(
         api_errors.grpc.StatusCode.UNKNOWN, str(exc))
+
+
+class _BadEntry(Exception):
+    """A committed entry that does not decode: answered with ApplyFailedError everywhere."""
+
+    def __init__(self, rid: int, why: str) -> None:
+        super().__init__(why)
+        self.rid = rid  # 0 when not even that decoded
+
+
+_CONF_CHANGE_TYPES = frozenset(ConfChangeType)
+MAX_DIALED_PEER_URLS = 8  # etcd dials one peer URL at a time; a member record may hold many
+
+
+def _dialable(record: MemberRecord) -> list[str]:
+    """The peer URLs of ``record`` the transport can connect to. etcd accepts URLs it cannot
+    dial (port 99999, no port) in a member record; they stay in the member list, unused."""
+    urls = []
+    for url in record.peer_urls:
+        try:
+            zmq_endpoint(url)
+        except ValueError:
+            log.warning("member %x: peer URL %r cannot be dialed; not using it", record.id, url)
+            continue
+        urls.append(url)
+        if len(urls) == MAX_DIALED_PEER_URLS:
+            break
+    return urls
 
 
 def _expire(fut: asyncio.Future) -> None:
@@ -298,7 +334,7 @@ class Member:
         return Registry(cluster_id=cid, members=members)
 
     def _connect_peers(self) -> None:
-        self.transport.set_peers({m.id: m.peer_urls for m in self.registry.members.values()})
+        self.transport.set_peers({m.id: _dialable(m) for m in self.registry.members.values()})
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -864,8 +900,14 @@ class Member:
         batch: list[tuple[int, Any]] = []
         rids: list[int] = []
         registry_changed = False
+        failed: list[int] = []  # positions of entries that could not be decoded
         for e in entries:
-            rid, request, changed = self._decode_entry(e)
+            try:
+                rid, request, changed = self._decode_entry(e)
+            except _BadEntry as bad:
+                rejected.count("raft_entry", "undecodable", log, f"entry {e.index}: {bad}")
+                rid, request, changed = bad.rid, None, False
+                failed.append(len(batch))
             registry_changed |= changed
             batch.append((e.index, request))
             rids.append(rid)
@@ -887,6 +929,8 @@ class Member:
                 result = await loop.run_in_executor(None, self.store.apply, batch, computed)
             finally:
                 self._unsettled = False
+        for i in failed:  # every member decodes the same bytes: the same error everywhere
+            result.results[i] = ApplyFailedError()
         self.hub.notify(result.events)
         if registry_changed:
             self.registry.applied = entries[-1].index
@@ -922,23 +966,55 @@ class Member:
             await self._applied_event.wait()
 
     def _decode_entry(self, e: Entry) -> tuple[int, Any, bool]:
-        """(request id, request for the store or None, registry changed)."""
+        """(request id, request for the store or None, registry changed). Raises _BadEntry
+        for an entry that does not decode (with its request id when that much decoded)."""
         if e.type == EntryType.CONF_CHANGE:
-            cc = decode_conf_change(e.data)
-            ctx = _decode_conf_context(cc.context) if cc.context else ConfContext(0)
-            changed = e.index > self.registry.applied and self._apply_conf_change(cc, ctx)
-            return ctx.rid, None, changed
+            return self._decode_conf_change(e)
         if not e.data:
             return 0, None, False
-        p = _decode_proposal(e.data)
-        request = DECODERS[p.kind].decode(p.body)
+        try:
+            p = _decode_proposal(e.data)
+        except msgspec.DecodeError as exc:
+            raise _BadEntry(0, f"proposal: {exc}") from None
+        decoder = DECODERS.get(p.kind)
+        if decoder is None:
+            raise _BadEntry(p.rid, f"unknown request kind {p.kind!r}")
+        try:
+            request = decoder.decode(p.body)
+        except msgspec.DecodeError as exc:
+            raise _BadEntry(p.rid, f"{p.kind}: {exc}") from None
         if p.kind == "member_attr":
             changed = e.index > self.registry.applied and self._apply_member_attr(request)
             return p.rid, None, changed
         return p.rid, request, False
 
+    def _decode_conf_change(self, e: Entry) -> tuple[int, None, bool]:
+        """Raft has already changed its configuration for this entry (it decodes the change
+        itself); a context that does not decode only leaves the member list without its
+        record (the member shows up without URLs, as one whose record is lost would)."""
+        try:
+            cc = decode_conf_change(e.data)
+        except msgspec.DecodeError as exc:
+            raise _BadEntry(0, f"conf change: {exc}") from None
+        try:
+            ctx = _decode_conf_context(cc.context) if cc.context else ConfContext(0)
+        except msgspec.DecodeError as exc:
+            log.error("conf change at index %d: undecodable context (%s); applying it "
+                      "without a member record", e.index, exc)
+            ctx = ConfContext(0)
+        changed = e.index > self.registry.applied and self._apply_conf_change(cc, ctx)
+        return ctx.rid, None, changed
+
     def _apply_conf_change(self, cc: ConfChange, ctx: ConfContext) -> bool:
         members = self.registry.members
+        if cc.type not in _CONF_CHANGE_TYPES:
+            log.error("conf change of unknown type %r for %x: ignored (Raft ignores it too)",
+                      cc.type, cc.node_id)
+            return False
+        if ctx.member is not None and ctx.member.id != cc.node_id:
+            log.error("conf change for %x carries the record of %x: record ignored",
+                      cc.node_id, ctx.member.id)
+            ctx = ConfContext(ctx.rid)
         if cc.type == ConfChangeType.REMOVE_NODE:
             members.pop(cc.node_id, None)
             self.registry.removed.append(cc.node_id)

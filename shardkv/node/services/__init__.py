@@ -8,6 +8,7 @@ from shardkv.api.etcdserverpb import rpc_pb2_grpc
 from shardkv.api.v3electionpb import v3election_pb2_grpc
 from shardkv.api.v3lockpb import v3lock_pb2_grpc
 from shardkv.node.member import Member
+from shardkv.node.services import cluster
 from shardkv.node.services.cluster import ClusterService
 from shardkv.node.services.concurrency import ElectionService, LockService
 from shardkv.node.services.kv import KVService, LocalKV
@@ -40,7 +41,7 @@ def build_server(member: Member, listen: list[str], kind: str = "native"
     rpc_pb2_grpc.add_KVServicer_to_server(KVService(LocalKV(member)), server)
     rpc_pb2_grpc.add_WatchServicer_to_server(WatchService(member), server)
     rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(member, channels), server)
-    rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(member, channels), server)
+    cluster.add_to_server(ClusterService(member, channels), server)
     rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(member), server)
     v3lock_pb2_grpc.add_LockServicer_to_server(LockService(member), server)
     v3election_pb2_grpc.add_ElectionServicer_to_server(ElectionService(member), server)

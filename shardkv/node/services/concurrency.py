@@ -8,6 +8,11 @@ before it is applied here too, so the local store decides correctly."""
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
 
 from shardkv.api import errors
 from shardkv.api.etcdserverpb import rpc_pb2 as pb
@@ -16,8 +21,36 @@ from shardkv.api.v3electionpb import v3election_pb2_grpc
 from shardkv.api.v3lockpb import v3lock_pb2 as lpb
 from shardkv.api.v3lockpb import v3lock_pb2_grpc
 from shardkv.mvcc import kv
-from shardkv.node.member import Member
+from shardkv.mvcc.errors import EtcdError
+from shardkv.mvcc.validate import validate
+from shardkv.node.member import Member, to_api_error
 from shardkv.node.services import convert
+
+
+def _client_errors(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """etcd's v3lock and v3election servers call etcd through a clientv3 client, whose errors
+    reach gRPC as plain Go errors: a client sees every one of them as UNKNOWN, with etcd's
+    text. Decorates a unary servicer method (in place of ``errors.etcd_errors``)."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            return await method(self, request, context)
+        except errors.EtcdError as exc:
+            await context.abort(grpc.StatusCode.UNKNOWN, exc.message)
+
+    return wrapper
+
+
+async def _propose(m: Member, request: kv.PutRequest | kv.DeleteRangeRequest | kv.TxnRequest):
+    """Propose a KV request built from a client's fields, after etcd's KV checks (etcd's
+    v3lock/v3election run a clientv3 client against the KV service, which checks them): a bad
+    one is refused before it reaches the log."""
+    try:
+        validate(request, m.cfg.max_txn_ops)
+    except EtcdError as exc:
+        raise to_api_error(exc) from None
+    return await m.propose(request)
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -32,7 +65,7 @@ async def _claim(m: Member, prefix: bytes, lease: int, value: bytes) -> kv.KeyVa
                             key=key, create_revision=0)],
         success=[kv.RequestOp(request_put=kv.PutRequest(key=key, value=value, lease=lease))],
         failure=[kv.RequestOp(request_range=kv.RangeRequest(key=key))])
-    await m.propose(txn)
+    await _propose(m, txn)
     kvs = m.store.range(kv.RangeRequest(key=key)).kvs
     if not kvs:  # the lease expired between put and read
         raise errors.ErrLeaseNotFound
@@ -60,7 +93,7 @@ async def _wait_turn(m: Member, prefix: bytes, mine: kv.KeyValue) -> None:
 
 
 async def _delete(m: Member, key: bytes) -> int:
-    resp = await m.propose(kv.DeleteRangeRequest(key=key))
+    resp = await _propose(m, kv.DeleteRangeRequest(key=key))
     return resp.header.revision
 
 
@@ -68,7 +101,7 @@ class LockService(v3lock_pb2_grpc.LockServicer):
     def __init__(self, member: Member) -> None:
         self.m = member
 
-    @errors.etcd_errors
+    @_client_errors
     async def Lock(self, request: lpb.LockRequest, context):
         prefix = request.name + b"/"
         mine = await _claim(self.m, prefix, request.lease, b"")
@@ -79,7 +112,7 @@ class LockService(v3lock_pb2_grpc.LockServicer):
             raise
         return lpb.LockResponse(header=convert.header(self.m.header()), key=mine.key)
 
-    @errors.etcd_errors
+    @_client_errors
     async def Unlock(self, request: lpb.UnlockRequest, context):
         rev = await _delete(self.m, request.key)
         return lpb.UnlockResponse(header=convert.header(self.m.header(rev)))
@@ -92,12 +125,12 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
     def _header(self, revision: int | None = None) -> pb.ResponseHeader:
         return convert.header(self.m.header(revision))
 
-    @errors.etcd_errors
+    @_client_errors
     async def Campaign(self, request: epb.CampaignRequest, context):
         prefix = request.name + b"/"
         mine = await _claim(self.m, prefix, request.lease, request.value)
         if mine.value != request.value:  # re-campaign with the same lease: update the value
-            await self.m.propose(kv.PutRequest(key=mine.key, value=request.value,
+            await _propose(self.m, kv.PutRequest(key=mine.key, value=request.value,
                                                lease=request.lease))
         try:
             await _wait_turn(self.m, prefix, mine)
@@ -108,17 +141,19 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
                                lease=request.lease)
         return epb.CampaignResponse(header=self._header(), leader=leader)
 
-    @errors.etcd_errors
+    @_client_errors
     async def Proclaim(self, request: epb.ProclaimRequest, context):
+        if not request.HasField("leader"):
+            raise errors.ErrMissingLeaderKey
         lk = request.leader
         put = kv.PutRequest(key=lk.key, value=request.value, lease=lk.lease)
         txn = _if_still_leader(lk, kv.RequestOp(request_put=put))
-        resp = await self.m.propose(txn)
+        resp = await _propose(self.m, txn)
         if not resp.succeeded:
             raise errors.ErrElectionNotLeader
         return epb.ProclaimResponse(header=self._header(resp.header.revision))
 
-    @errors.etcd_errors
+    @_client_errors
     async def Leader(self, request: epb.LeaderRequest, context):
         await self.m.linearizable_barrier()
         owner = _owner(self.m, request.name + b"/")
@@ -140,11 +175,13 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
                     yield epb.LeaderResponse(header=self._header(), kv=convert.key_value(owner))
                 await changed.wait()
 
-    @errors.etcd_errors
+    @_client_errors
     async def Resign(self, request: epb.ResignRequest, context):
+        if not request.HasField("leader"):
+            raise errors.ErrMissingLeaderKey
         lk = request.leader
         txn = _if_still_leader(lk, kv.RequestOp(request_delete_range=kv.DeleteRangeRequest(key=lk.key)))
-        resp = await self.m.propose(txn)
+        resp = await _propose(self.m, txn)
         return epb.ResignResponse(header=self._header(resp.header.revision))
 
 

@@ -8,6 +8,8 @@ from shardkv.api.etcdserverpb import rpc_pb2 as pb
 from shardkv.api.etcdserverpb import rpc_pb2_grpc
 from shardkv.mvcc import kv
 from shardkv.mvcc import etcd_db
+from shardkv.mvcc.errors import EtcdError
+from shardkv.mvcc.validate import validate
 from shardkv.node.member import Member, to_api_error
 from shardkv.node.services import convert
 
@@ -23,11 +25,15 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
 
     @errors.etcd_errors
     async def Alarm(self, request: pb.AlarmRequest, context):
+        req = kv.AlarmRequest(action=request.action, memberID=request.memberID,
+                              alarm=request.alarm)
+        try:
+            validate(req)
+        except EtcdError as exc:
+            raise to_api_error(exc) from None
         if request.action == kv.AlarmAction.GET:
             alarms = self.m.store.alarms(request.alarm)
         else:
-            req = kv.AlarmRequest(action=request.action, memberID=request.memberID,
-                                  alarm=request.alarm)
             alarms = (await self.m.propose(req)).alarms
         return pb.AlarmResponse(header=self._header(), alarms=[
             pb.AlarmMember(memberID=a.memberID, alarm=a.alarm) for a in alarms])
