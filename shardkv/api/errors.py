@@ -188,6 +188,7 @@ ErrElectionNotLeader = _e(_C.UNKNOWN, "election: not leader")
 ErrElectionNoLeader = _e(_C.UNKNOWN, "election: no leader")
 
 # shardkv's answers where etcd 3.4 has none (it crashes; see shardkv.mvcc.errors)
+ErrKeyTooLarge = _e(_C.INVALID_ARGUMENT, "etcdserver: key is too large")
 ErrUnknownSortTarget = _e(_C.INVALID_ARGUMENT, "etcdserver: unknown sort target")
 ErrUnknownAlarmAction = _e(_C.INVALID_ARGUMENT, "etcdserver: unknown alarm action")
 ErrAlarmTypeRange = _e(_C.INVALID_ARGUMENT, "etcdserver: alarm type out of range")

@@ -29,6 +29,14 @@ class EmptyKeyError(EtcdError):
     message = "etcdserver: key is not provided"
 
 
+class KeyTooLargeError(EtcdError):
+    """A key longer than the store can index (LMDB keys hold at most 511 bytes, the lease index
+    puts an 8-byte ID before the key). etcd keeps its key index in memory and takes keys up to
+    the request size; shardkv refuses longer keys with this error rather than fail applying."""
+
+    message = "etcdserver: key is too large"
+
+
 class KeyNotFoundError(EtcdError):
     message = "etcdserver: key not found"
 

@@ -32,6 +32,7 @@ from shardkv.mvcc.errors import (
     CompactedError,
     CorruptError,
     EtcdError,
+    KeyTooLargeError,
     FutureRevisionError,
     KeyNotFoundError,
     LeaseExistsError,
@@ -347,6 +348,12 @@ class Store:
                 except EtcdError as err:
                     child.abort()
                     results.append(err)
+                    continue
+                except lmdb.BadValsizeError:
+                    # a key too long for LMDB that the checks let through: the request's
+                    # fault, the same on every replica (validate refuses such keys first)
+                    child.abort()
+                    results.append(KeyTooLargeError())
                     continue
                 except (lmdb.Error, OSError, MemoryError):
                     # the machine, not the request (another replica may not meet it): stop, or

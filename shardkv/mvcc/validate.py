@@ -16,6 +16,7 @@ from shardkv.mvcc.errors import (
     DuplicateKeyError,
     EmptyKeyError,
     KeyNotFoundError,
+    KeyTooLargeError,
     LeaseProvidedError,
     SortTargetError,
     TooManyOpsError,
@@ -37,6 +38,9 @@ _SORT_TARGETS = frozenset(SortTarget)
 _SORT_ORDERS = frozenset(SortOrder)
 _ALARM_ACTIONS = frozenset(AlarmAction)
 ALARM_TYPE_MAX = 255  # the store keeps an alarm's type in one byte
+# The longest key the store can index: LMDB's 511-byte key limit, less the 8-byte lease ID that
+# the lease index puts before a key. (etcd takes longer keys; see KeyTooLargeError.)
+MAX_KEY_BYTES = 511 - 8
 
 
 def validate(request: object, max_txn_ops: int = 128) -> None:
@@ -58,11 +62,12 @@ def validate(request: object, max_txn_ops: int = 128) -> None:
 def _check_key(key: bytes) -> None:
     if not key:
         raise EmptyKeyError()
+    if len(key) > MAX_KEY_BYTES:
+        raise KeyTooLargeError()
 
 
 def _check_range(req: RangeRequest) -> None:
-    if not req.key:
-        raise EmptyKeyError()
+    _check_key(req.key)
     # etcd sorts on any known order (NONE becomes ASCEND for a non-KEY target) and ignores an
     # unknown order; only a sort it would run on an unknown target is refused. (KEY, 0, is
     # the common case: tested first.)
