@@ -156,6 +156,9 @@ class Wire:
         head = self.data[:48]
         return f"Wire({head!r}{'...' if len(self.data) > 48 else ''} {len(self.data)} bytes)"
 
+    def _repr_pretty_(self, printer, cycle: bool) -> None:  # what hypothesis's printer calls
+        printer.text(repr(self))
+
 
 def method_calls(candidates: list[Method]) -> st.SearchStrategy[tuple[Method, list[Wire]]]:
     """(method, request messages): one message for a unary call, up to four for a stream."""

@@ -73,9 +73,12 @@ async def _claim(m: Member, prefix: bytes, lease: int, value: bytes) -> kv.KeyVa
 
 
 def _owner(m: Member, prefix: bytes) -> kv.KeyValue | None:
-    resp = m.store.range(kv.RangeRequest(key=prefix, range_end=prefix_end(prefix), limit=1,
-                                         sort_order=kv.SortOrder.ASCEND,
-                                         sort_target=kv.SortTarget.CREATE))
+    try:
+        resp = m.store.range(kv.RangeRequest(key=prefix, range_end=prefix_end(prefix), limit=1,
+                                             sort_order=kv.SortOrder.ASCEND,
+                                             sort_target=kv.SortTarget.CREATE))
+    except EtcdError as exc:  # e.g. a name too long to be a key
+        raise to_api_error(exc) from None
     return resp.kvs[0] if resp.kvs else None
 
 
@@ -168,7 +171,10 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
         with self.m.client_waiting():
             while True:
                 changed = self.m.applied_changed()
-                owner = _owner(self.m, prefix)
+                try:
+                    owner = _owner(self.m, prefix)
+                except errors.EtcdError as exc:  # as _client_errors answers a unary call
+                    await context.abort(grpc.StatusCode.UNKNOWN, exc.message)
                 if owner is not None and (last is None or owner.mod_revision != last.mod_revision
                                           or owner.key != last.key):
                     last = owner
