@@ -7,6 +7,7 @@ text>`` on stderr.
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,17 +119,21 @@ class Client:
     _channels: dict[str, grpc.Channel] = field(default_factory=dict)
 
     def channel(self, endpoint: str) -> grpc.Channel:
-        """A connected channel to ``endpoint``, or AdminError after the dial timeout."""
+        """A channel to ``endpoint`` once a TCP connection to it succeeds within the dial
+        timeout (else AdminError, exit code 2). A plain connect rather than gRPC's connectivity
+        watch: that one leaves a polling thread that fails noisily when the channel closes."""
         ch = self._channels.get(endpoint)
         if ch is None:
+            host, _, port = target(endpoint).rpartition(":")
+            try:
+                socket.create_connection((host.strip("[]"), int(port)),
+                                         timeout=self.dial_timeout).close()
+            except OSError:
+                raise AdminError(DEADLINE_EXCEEDED, EXIT_BAD_CONNECTION) from None
             # A snapshot chunk is 1 MiB; etcd's client takes up to 2 GiB messages.
             ch = grpc.insecure_channel(target(endpoint), options=[
                 ("grpc.max_receive_message_length", 2**31 - 1)])
             self._channels[endpoint] = ch
-        try:
-            grpc.channel_ready_future(ch).result(timeout=self.dial_timeout)
-        except grpc.FutureTimeoutError:
-            raise AdminError(DEADLINE_EXCEEDED, EXIT_BAD_CONNECTION) from None
         return ch
 
     def call(self, service: str, method: str, request: Any, endpoint: str | None = None) -> Any:
@@ -143,7 +148,8 @@ class Client:
                 last = exc
                 continue
             try:
-                return getattr(stub, method)(request, timeout=self.command_timeout)
+                return getattr(stub, method)(request, timeout=self.command_timeout,
+                                             wait_for_ready=True)
             except grpc.RpcError as err:
                 if _unreachable(err) and ep != candidates[-1]:
                     continue
@@ -153,9 +159,9 @@ class Client:
 
     def stream(self, service: str, method: str, request: Any, endpoint: str,
                timeout: float | None = None):
-        """A server stream from ``endpoint``; iterate it inside ``translate_errors``."""
+        """A server stream from ``endpoint`` (its iteration raises grpc.RpcError)."""
         stub = _STUBS[service](self.channel(endpoint))
-        return getattr(stub, method)(request, timeout=timeout)
+        return getattr(stub, method)(request, timeout=timeout, wait_for_ready=True)
 
     def close(self) -> None:
         for ch in self._channels.values():

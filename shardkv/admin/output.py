@@ -22,7 +22,7 @@ def go_json(msg: Message) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for fd in msg.DESCRIPTOR.fields:
         value = getattr(msg, fd.name)
-        if fd.label == FieldDescriptor.LABEL_REPEATED:
+        if fd.is_repeated:
             if len(value):
                 out[fd.name] = [_go_value(fd, v) for v in value]
         elif fd.type == FieldDescriptor.TYPE_MESSAGE:
