@@ -1,8 +1,8 @@
 """Command line entry point of shardkv-admin: etcdctl's operator commands (member, snapshot,
 endpoint health/status, defrag, alarm, compact, move-leader) and local topologies (cluster).
 
-Exit codes are etcdctl's: 0 ok, 1 error, 2 no connection, 5 snapshot save interrupted, 128 bad
-arguments; every failure is one ``Error: ...`` line on stderr with etcd's text.
+Exit codes are etcdctl's: 0 ok, 1 error (an unreachable endpoint too), 5 snapshot save
+interrupted, 128 bad arguments; every failure is one ``Error: ...`` line on stderr with etcd's text.
 """
 from __future__ import annotations
 
