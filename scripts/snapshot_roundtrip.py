@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 import pty
-import resource
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -41,9 +41,22 @@ def mb(n: float) -> str:
     return f"{n / 1e6:,.1f} MB"
 
 
-def admin(*args: str, stderr=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shardkv.admin.cli", *args], text=True,
-                          stdout=subprocess.PIPE, stderr=stderr or subprocess.PIPE, timeout=3600)
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    peak_rss_mb: float
+
+
+def admin(*args: str, stderr=None) -> Ran:
+    """shardkv-admin in a process of its own; its exit code, stdout and peak RSS (wait4)."""
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen([sys.executable, "-m", "shardkv.admin.cli", *args], stdout=out,
+                                stderr=stderr if stderr is not None else subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        return Ran(proc.returncode, out.read().decode(), usage.ru_maxrss / 1024)
 
 
 def load(endpoint: str, keys: int, value_size: int) -> int:
@@ -65,9 +78,9 @@ def load(endpoint: str, keys: int, value_size: int) -> int:
     return sent
 
 
-def save_with_progress(endpoint: str, path: Path) -> tuple[float, str, int]:
-    """Run snapshot save with stderr on a pty; returns seconds, the last progress line drawn
-    and how many times the line was redrawn."""
+def save_with_progress(endpoint: str, path: Path) -> tuple[float, str, int, float]:
+    """Run snapshot save with stderr on a pty; returns seconds, the last progress line drawn,
+    how many times the line was redrawn and the process's peak RSS in MB."""
     master, slave = pty.openpty()
     chunks: list[bytes] = []
 
@@ -97,7 +110,7 @@ def save_with_progress(endpoint: str, path: Path) -> tuple[float, str, int]:
         raise SystemExit(f"snapshot save failed: {r.returncode}")
     drawn = b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
     lines = [x.strip() for x in drawn.replace("\n", "\r").split("\r") if x.strip()]
-    return took, lines[-1] if lines else "", len(lines)
+    return took, lines[-1] if lines else "", len(lines), r.peak_rss_mb
 
 
 def pages(endpoint: str):
@@ -148,16 +161,16 @@ def main() -> None:
                   f"({mb(sent / took)}/s)")
 
             backup = base / "backup.db"
-            took, last, redraws = save_with_progress(src.nodes[-1].client_url, backup)
+            took, last, redraws, rss = save_with_progress(src.nodes[-1].client_url, backup)
             size = backup.stat().st_size
-            print(f"save:    {mb(size)} in {took:.1f} s ({mb(size / took)}/s), "
-                  f"progress line drawn {redraws} times, last: {last!r}")
+            print(f"save:    {mb(size)} in {took:.1f} s ({mb(size / took)}/s), peak RSS "
+                  f"{rss:.0f} MB, progress line drawn {redraws} times, last: {last!r}")
 
             if not args.no_status:
                 t = time.monotonic()
                 st = admin("-w", "simple", "snapshot", "status", str(backup))
                 print(f"status:  {st.stdout.strip()} (hash, revision, keys, size) in "
-                      f"{time.monotonic() - t:.1f} s")
+                      f"{time.monotonic() - t:.1f} s, peak RSS {st.peak_rss_mb:.0f} MB")
                 if harness.ETCDCTL:
                     theirs = harness.etcdctl(src.endpoints, "snapshot", "status", str(backup),
                                              timeout=3600).stdout
@@ -170,9 +183,8 @@ def main() -> None:
             r = admin("snapshot", "restore", str(backup), "--data-dir", str(data), "--name", "r0",
                       "--initial-cluster", f"r0={peer}", "--initial-advertise-peer-urls", peer)
             if r.returncode:
-                raise SystemExit(f"restore failed: {r.stderr}")
-            print(f"restore: {time.monotonic() - t:.1f} s; largest peak RSS of the admin "
-                  f"processes (save, status, restore) {peak_child_rss_mb():.0f} MB")
+                raise SystemExit(f"restore failed: {r.returncode}")
+            print(f"restore: {time.monotonic() - t:.1f} s, peak RSS {r.peak_rss_mb:.0f} MB")
 
             node = harness.Node("r0", cp, pp, data, base / "r0.log", [
                 "--name", "r0", "--data-dir", str(data),
@@ -195,10 +207,6 @@ def main() -> None:
             restored.close()
             src.close()
 
-
-def peak_child_rss_mb() -> float:
-    """The largest peak RSS of the children waited for so far (Linux: ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
 if __name__ == "__main__":

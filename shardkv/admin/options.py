@@ -50,22 +50,22 @@ def write_out() -> str:
 
 def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
     def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
-        if value is not None:  # given here (or a default on the group): later flags win
+        if value is not None:  # given here or by the environment: later flags win
             s = settings(ctx)
             setattr(s, name, value)
-            if ctx.get_parameter_source(param.name) != click.core.ParameterSource.DEFAULT:
-                s.explicit.add(name)
+            s.explicit.add(name)
     return callback
 
 
 def global_options(root: bool = False) -> Callable[[F], F]:
-    """The global flags; on the root group with their defaults and environment variables, on
-    a command without (so a flag given after the command overrides the one before it)."""
+    """The global flags, on the root group (with the environment variables) and on each command
+    (so a flag given after the command overrides the one before it). Unset flags keep the
+    defaults of ``Settings``; ``Settings.explicit`` names those that were set."""
     def option(*decls: str, name: str, help: str, **kw: Any) -> Callable[[F], F]:
-        default = getattr(Settings, name) if root else None
-        return click.option(*decls, name, default=default, expose_value=False,
-                            callback=_store(name), show_default=root, help=help,
-                            is_eager=False, **kw)
+        if root:
+            help += f"  [default: {getattr(Settings, name)}]"
+        return click.option(*decls, name, default=None, expose_value=False,
+                            callback=_store(name), help=help, **kw)
 
     def decorate(f: F) -> F:
         # click lists options in the reverse of the order they are applied in

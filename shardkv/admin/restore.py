@@ -172,7 +172,8 @@ def restore(snapshot: Path | str, data_dir: Path | str, name: str, initial_clust
             counter = [0]
             try:
                 names = db.buckets()
-                buckets = {n: db.items(n) for n in names if n not in (b"members", b"members_removed")}
+                buckets = {n: db.items(n) for n in names
+                           if n not in (b"members", b"members_removed")}
                 if b"key" in buckets:
                     buckets[b"key"] = _checked_keys(buckets[b"key"], counter)
                 meta = dict(db.items(b"meta")) if b"meta" in names else {}

@@ -23,7 +23,8 @@ def snapshot() -> None:
 
 
 class Progress:
-    """Bytes received, total (if the member sends etcd's remaining_bytes) and rate on one line, redrawn at most 10 times a second;
+    """Bytes received, total (if the member sends etcd's remaining_bytes) and rate on one
+    stderr line, redrawn at most 10 times a second;
     silent when stderr is not a terminal (scripts, logs)."""
 
     def __init__(self, stream: IO[str], enabled: bool) -> None:

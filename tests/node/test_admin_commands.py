@@ -101,6 +101,16 @@ def test_member_list_as_etcdctl_prints_it(cluster):
     assert ours["header"]["cluster_id"] == theirs["header"]["cluster_id"]
 
 
+def test_endpoints_from_the_environment(cluster, monkeypatch):
+    """SHARDKV_ENDPOINTS, else etcdctl's ETCDCTL_ENDPOINTS; --endpoints over both."""
+    dead = f"127.0.0.1:{harness.free_ports(1)[0]}"
+    monkeypatch.setenv("ETCDCTL_ENDPOINTS", cluster.endpoints)
+    assert admin("member", "list").out.count("started") == 3
+    monkeypatch.setenv("SHARDKV_ENDPOINTS", dead)
+    assert admin("member", "list").err == "Error: context deadline exceeded\n"
+    assert admin("--endpoints", cluster.nodes[1].client_url, "member", "list").rc == 0
+
+
 def test_status_and_health_as_etcdctl_prints_them(cluster):
     eps = cluster.endpoints
     ours = admin("--endpoints", eps, "status")
