@@ -314,6 +314,9 @@ def test_snapshot_save_status_restore_serves_every_key(cluster, tmp_path):
     keys[b"bin\x00\xff"] = b"\x00\x01\xfe"
     put(cluster.nodes[0].client_url, keys)
     ep = cluster.nodes[2].client_url
+    with grpc.insecure_channel(ep.split("://")[1]) as ch:
+        # a linearizable read: the member has applied every put before it is backed up
+        want = everything(ch)
     backup = tmp_path / "backup.db"
     multi = admin("--endpoints", cluster.endpoints, "snapshot", "save", str(backup))
     assert multi.rc == 5 and multi.err.startswith(
@@ -359,8 +362,6 @@ def test_snapshot_save_status_restore_serves_every_key(cluster, tmp_path):
     try:
         with grpc.insecure_channel(node.client_url.split("://")[1]) as ch:
             got = everything(ch)
-        with grpc.insecure_channel(ep.split("://")[1]) as ch:
-            want = everything(ch)
         def records(resp):
             return {kv.key: (kv.value, kv.create_revision, kv.mod_revision, kv.version)
                     for kv in resp.kvs}
