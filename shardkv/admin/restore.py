@@ -6,7 +6,7 @@ already takes data dirs restored by etcdctl).
 What etcdctl writes, and what is written here:
 - ``member/snap/db``: the backup's bbolt file without its sha256 trailer, with the backend's
   ``consistent_index`` set to the number of members (the Raft entries that bootstrap the new
-  cluster) and the member buckets holding the new cluster;
+  cluster);
 - ``member/snap/<term>-<index>.snap``: the Raft snapshot at that index, in etcd's snap file
   format (snappb.Snapshot with a CRC-32C), voters = the new members. The importer takes a data
   dir as one written by restore when this file's index equals the backend's consistent index.
@@ -29,9 +29,10 @@ from shardkv.admin.client import EXIT_BAD_ARGS, AdminError
 from shardkv.api.mvccpb import kv_pb2
 from shardkv.mvcc import bbolt, etcd_db
 from shardkv.mvcc.store import fsync_dir
-from shardkv.node.membership import MemberRecord, Registry, cluster_id, member_id
+from shardkv.node.membership import cluster_id, member_id
 
 _U64 = struct.Struct(">Q")
+COPY_CHUNK = 16 << 20
 
 
 @dataclass
@@ -126,36 +127,61 @@ def snap_file(voters: list[int], index: int, term: int) -> bytes:
     return b"\x08" + _varint(dbfile.crc32c(data)) + _field(2, data)
 
 
-def _checked_keys(items: Iterator[tuple[bytes, bytes]], counter: list[int]):
-    """Bucket ``key`` as it is copied: every record must be a revision and a KeyValue (the
-    member decodes them at its first start; a bad one is refused here, before any dir exists)."""
+def _check_keys(items: Iterator[tuple[bytes, bytes]]) -> int:
+    """Bucket ``key``: every record must be a revision and a KeyValue (the member decodes them
+    at its first start; a bad one is refused here, before any dir exists). Returns how many."""
+    n = 0
     for k, v in items:
         if len(k) not in (17, 18) or k[8:9] != b"_" or (len(k) == 18 and k[17:] != b"t"):
             raise AdminError(f"snapshot: bucket key holds a record that is not a revision: {k!r}")
-        kv = kv_pb2.KeyValue()
         try:
-            kv.ParseFromString(v)
+            kv_pb2.KeyValue().ParseFromString(v)
         except Exception:  # protobuf's DecodeError and friends: a damaged record
             raise AdminError(f"snapshot: revision {etcd_db.parse_etcd_revision(k)[:2]} does "
                              "not decode as a KeyValue") from None
-        counter[0] += 1
-        yield k, v
+        n += 1
+    return n
+
+
+def _consistent_index_at(mm, db: bbolt.DB) -> int:
+    """The file offset of the 8-byte value of ``consistent_index`` in bucket ``meta``: the
+    root leaf lists the buckets; meta is a few keys, on one leaf page (inline in the root page,
+    or a page of its own)."""
+    def leaf(off: int) -> Iterator[tuple[bytes, int, int, int]]:
+        _, flags, count, _ = bbolt.PAGE_HEADER.unpack_from(mm, off)
+        if not flags & bbolt.LEAF:
+            raise bbolt.BoltFormatError(f"page at {off}: not a leaf page")
+        base = off + bbolt.PAGE_HEADER.size
+        for i in range(count):
+            elem = base + i * bbolt.LEAF_ELEMENT.size
+            eflags, pos, ksize, vsize = bbolt.LEAF_ELEMENT.unpack_from(mm, elem)
+            start = elem + pos
+            yield mm[start:start + ksize], eflags, start + ksize, vsize
+
+    for key, eflags, value_at, _ in leaf(db.root * db.page_size):
+        if key == b"meta" and eflags & bbolt.BUCKET_LEAF_FLAG:
+            root, _ = bbolt.BUCKET_HEADER.unpack_from(mm, value_at)
+            page = value_at + bbolt.BUCKET_HEADER.size if root == 0 else root * db.page_size
+            for k, _, at, size in leaf(page):
+                if k == b"consistent_index" and size == 8 and at + 8 <= len(mm):
+                    return at
+    raise AdminError("snapshot: bucket meta holds no consistent_index (not an etcd backend)")
 
 
 def restore(snapshot: Path | str, data_dir: Path | str, name: str, initial_cluster: str,
             token: str, peer_urls: str, skip_hash_check: bool = False) -> Restored:
+    """The backup is copied as it is (streamed: memory stays small whatever its size) but for
+    its consistent index, set in place. Its member buckets stay as they are, as etcd 3.4's
+    restore leaves them (what it deletes goes to the keyspace): neither etcd 3.4 nor
+    shardkv-node reads members from there; both take the new cluster from their flags."""
     cluster = parse_initial_cluster(initial_cluster)
     mine = parse_urls(peer_urls.split(","))
     verify_bootstrap(name, mine, cluster)
     data_dir = Path(data_dir)
     if data_dir.exists():
         raise AdminError(f'data-dir "{data_dir}" exists')
-    members = {}
-    for n, urls in cluster.items():
-        mid = member_id(urls, token)
-        members[mid] = MemberRecord(id=mid, name=n, peer_urls=urls)
-    registry = Registry(cluster_id=cluster_id(list(members)), members=members)
-    own_id = member_id(cluster[name], token)
+    ids = sorted(member_id(urls, token) for urls in cluster.values())
+    index = len(ids)  # the Raft entries that bootstrap the new cluster: one per member
 
     # Built beside the target and renamed into place: a data dir exists only when complete.
     tmp = data_dir.with_name(data_dir.name + ".restoring")
@@ -163,35 +189,31 @@ def restore(snapshot: Path | str, data_dir: Path | str, name: str, initial_clust
     snap_dir = tmp / "member" / "snap"
     try:
         with dbfile.mapped(snapshot) as mm:
-            if dbfile.has_checksum(len(mm)):
+            size = len(mm)
+            if dbfile.has_checksum(size):
+                size -= dbfile.SHA_SIZE
                 if not skip_hash_check:
                     dbfile.check_sha256(mm)
             elif not skip_hash_check:
                 raise AdminError("snapshot missing hash but --skip-hash-check=false")
             db = dbfile.open_db(mm)
-            counter = [0]
             try:
-                names = db.buckets()
-                buckets = {n: db.items(n) for n in names
-                           if n not in (b"members", b"members_removed")}
-                if b"key" in buckets:
-                    buckets[b"key"] = _checked_keys(buckets[b"key"], counter)
-                meta = dict(db.items(b"meta")) if b"meta" in names else {}
-                meta[b"consistent_index"] = _U64.pack(len(members))
-                buckets[b"meta"] = iter(sorted(meta.items()))
-                # etcd's member records, of the new cluster (etcd_db writes them as etcd does)
-                buckets[b"members"] = etcd_db._cluster_buckets(registry)[b"members"]
-                buckets[b"members_removed"] = []
-                snap_dir.mkdir(parents=True)
-                size = bbolt.write_db(snap_dir / "db", buckets)
+                revisions = _check_keys(db.items(b"key")) if b"key" in db.buckets() else 0
+                ci_at = _consistent_index_at(mm, db)
             except dbfile.BAD_DB as exc:
                 raise AdminError(f"snapshot file integrity check failed: {exc}") from None
-        index = len(members)
-        (snap_dir / f"{1:016x}-{index:016x}.snap").write_bytes(
-            snap_file(sorted(members), index, 1))
-        for path in (snap_dir / "db", *snap_dir.glob("*.snap")):
-            with open(path, "rb+") as f:
+            snap_dir.mkdir(parents=True)
+            with open(snap_dir / "db", "wb") as f, memoryview(mm) as view:
+                for off in range(0, size, COPY_CHUNK):
+                    f.write(view[off:min(size, off + COPY_CHUNK)])
+                f.seek(ci_at)
+                f.write(_U64.pack(index))
+                f.flush()
                 os.fsync(f.fileno())
+        with open(snap_dir / f"{1:016x}-{index:016x}.snap", "wb") as f:
+            f.write(snap_file(ids, index, 1))
+            f.flush()
+            os.fsync(f.fileno())
         fsync_dir(snap_dir)
         fsync_dir(snap_dir.parent)
         os.replace(tmp, data_dir)
@@ -199,5 +221,4 @@ def restore(snapshot: Path | str, data_dir: Path | str, name: str, initial_clust
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Restored(data_dir, own_id, registry.cluster_id, counter[0], size)
-
+    return Restored(data_dir, member_id(cluster[name], token), cluster_id(ids), revisions, size)
