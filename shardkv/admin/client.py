@@ -27,6 +27,9 @@ DEADLINE_EXCEEDED = "context deadline exceeded"  # what Go's clients say on any 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 MAX_TIMEOUT = 24 * 3600.0  # a bound on every wait, whatever a flag says
+# A bound on what one answer may make us hold: snapshot chunks are 1 MiB (shardkv) or 32 KiB
+# (etcd); the other answers this tool asks for are small.
+MAX_RECEIVE = 64 << 20
 
 
 class AdminError(Exception):
@@ -130,9 +133,8 @@ class Client:
                                          timeout=self.dial_timeout).close()
             except OSError:
                 raise AdminError(DEADLINE_EXCEEDED) from None
-            # A snapshot chunk is 1 MiB; etcd's client takes up to 2 GiB messages.
             ch = grpc.insecure_channel(target(endpoint), options=[
-                ("grpc.max_receive_message_length", 2**31 - 1)])
+                ("grpc.max_receive_message_length", MAX_RECEIVE)])
             self._channels[endpoint] = ch
         return ch
 
