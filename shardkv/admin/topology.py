@@ -14,6 +14,8 @@ from pathlib import Path
 
 import grpc
 
+from shardkv.admin.client import AdminError, Client
+from shardkv.admin.endpoints import check_health
 from shardkv.api.etcdserverpb import rpc_pb2 as pb
 from shardkv.api.etcdserverpb import rpc_pb2_grpc as rpc
 
@@ -123,3 +125,53 @@ def _is_our_node(pid: int) -> bool:
     except OSError:
         return False
     return b"shardkv.node.cli" in cmdline and state != "Z"
+
+
+@dataclass
+class MemberState:
+    """What `cluster status` reports of one member of a topology."""
+
+    name: str
+    endpoint: str
+    pid: int | None  # recorded by `cluster up`; None when the topology is not up
+    alive: bool  # that pid still runs shardkv-node
+    healthy: bool  # it commits a read through Raft
+    is_leader: bool = False
+    raft_term: int = 0
+    raft_index: int = 0
+    error: str = ""
+
+    @property
+    def up(self) -> bool:
+        return self.alive and self.healthy
+
+    def as_json(self) -> dict:
+        out = {"name": self.name, "endpoint": self.endpoint, "pid": self.pid,
+               "alive": self.alive, "health": self.healthy, "isLeader": self.is_leader,
+               "raftTerm": self.raft_term, "raftIndex": self.raft_index}
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+def status(topo: Topology, dial_timeout: float, command_timeout: float) -> list[MemberState]:
+    """Each member's pid, liveness, health (etcdctl's check), leadership and Raft index."""
+    pids = json.loads(topo.pid_file.read_text()) if topo.pid_file.exists() else {}
+    states = []
+    for m in topo.members:
+        pid = pids.get(m.name)
+        alive = pid is not None and _is_our_node(pid)
+        client = Client([m.client_url], dial_timeout, command_timeout)
+        health = check_health(m.client_url, client)
+        state = MemberState(m.name, m.client_url, pid, alive, health.health, error=health.error)
+        if health.health:
+            try:
+                s = client.call("Maintenance", "Status", pb.StatusRequest())
+                state.is_leader = s.leader == s.header.member_id
+                state.raft_term, state.raft_index = s.raftTerm, s.raftIndex
+            except AdminError as exc:
+                state.error = exc.message
+            finally:
+                client.close()
+        states.append(state)
+    return states

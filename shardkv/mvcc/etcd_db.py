@@ -122,20 +122,30 @@ def write_store_as_etcd_db(store, path: Path | str, cluster=None, cluster_bucket
 def snapshot_chunks(store, chunk_size: int = 1 << 20, cluster=None) -> Iterator[bytes]:
     """etcd's Maintenance.Snapshot stream: the bbolt file, then its sha256 (32 bytes).
     ``cluster`` (see ``_cluster_buckets``) is read at once, in the caller's thread."""
+    return (blob for blob, _ in snapshot_stream(store, chunk_size, cluster))
+
+
+def snapshot_stream(store, chunk_size: int = 1 << 20,
+                    cluster=None) -> Iterator[tuple[bytes, int]]:
+    """``snapshot_chunks`` with etcd's ``remaining_bytes`` beside each chunk: the bytes of the
+    bbolt file still to come after this chunk (the file is written whole before the first chunk,
+    so its size is known up front, as etcd knows its backend's), 0 on the sha256 trailer.
+    ``cluster`` is read at once, in the caller's thread."""
     return _stream(store, chunk_size, _cluster_buckets(cluster))
 
 
-def _stream(store, chunk_size: int, cluster_buckets) -> Iterator[bytes]:
+def _stream(store, chunk_size: int, cluster_buckets) -> Iterator[tuple[bytes, int]]:
     fd, name = tempfile.mkstemp(prefix="shardkv-snapshot-", suffix=".db")
     os.close(fd)
     try:
-        write_store_as_etcd_db(store, name, cluster_buckets=cluster_buckets)
+        remaining = write_store_as_etcd_db(store, name, cluster_buckets=cluster_buckets)
         digest = hashlib.sha256()
         with open(name, "rb") as f:
             while chunk := f.read(chunk_size):
                 digest.update(chunk)
-                yield chunk
-        yield digest.digest()
+                remaining -= len(chunk)
+                yield chunk, remaining
+        yield digest.digest(), 0
     finally:
         os.unlink(name)
 

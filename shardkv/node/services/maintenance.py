@@ -74,13 +74,17 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         """The database image in chunks with a sha256 trailer, as etcd streams its bolt db."""
         loop = asyncio.get_running_loop()
         # etcd's own backend file (bbolt + sha256): `etcdctl snapshot status/restore` read it.
-        chunks = etcd_db.snapshot_chunks(self.m.store, cluster=self.m.registry)
+        # remaining_bytes as etcd sends it: what is left of the file after this chunk (clients
+        # draw progress from it), 0 on the sha256 trailer.
+        chunks = etcd_db.snapshot_stream(self.m.store, cluster=self.m.registry)
         try:
             while True:
-                chunk = await loop.run_in_executor(None, next, chunks, None)
-                if chunk is None:
+                item = await loop.run_in_executor(None, next, chunks, None)
+                if item is None:
                     return
-                yield pb.SnapshotResponse(header=self._header(), remaining_bytes=0, blob=chunk)
+                blob, remaining = item
+                yield pb.SnapshotResponse(header=self._header(), remaining_bytes=remaining,
+                                          blob=blob)
         finally:
             chunks.close()
 
