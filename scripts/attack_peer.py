@@ -14,7 +14,8 @@ cluster acknowledged must be readable on every member.
     python3 scripts/attack_peer.py --client-urls http://127.0.0.1:2379,... \\
         --target-peer-url http://127.0.0.1:2380 --target-client-url http://127.0.0.1:2379
 
-A member an attack stopped is restarted (--tree only) before the next attack.
+A member an attack stopped is restarted (--tree only) before the next attack; the run ends
+at an attack after which it does not come back.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ from shardkv.raft.types import (  # noqa: E402
 )
 
 HEAD = __import__("struct").Struct(">QQc")
+LINGER_MS = 2000  # a member that died meanwhile gets what is left when it restarts: wait it out
 
 
 @dataclass
@@ -88,10 +90,10 @@ def push(peer_url: str, frames: list[bytes]) -> None:
     """One multipart message to the peer port; wait (bounded) until it left."""
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.PUSH)
-    sock.setsockopt(zmq.LINGER, 5000)
+    sock.setsockopt(zmq.LINGER, LINGER_MS)
     sock.connect("tcp://" + peer_url.split("://")[1])
     sock.send_multipart(frames)
-    sock.close()  # lingers until sent (or 5 s)
+    sock.close()  # lingers until sent (or LINGER_MS)
 
 
 def head(v: ClusterView, kind: bytes, sender: int | None = None) -> bytes:
@@ -279,7 +281,8 @@ def alive(t: Target) -> bool:
 
 
 def run(client_urls: list[str], target: Target, names: list[str],
-        restart: Callable[[], None] | None) -> None:
+        restart: Callable[[], bool] | None) -> None:
+    """The attacks in order; stops at one after which the target does not come back."""
     writer = Writer(client_urls)
     writer.start()
     print(f"{'attack':30} {'target':>8} {'RSS before':>10} {'peak RSS':>9} {'leaders':>8} "
@@ -303,8 +306,8 @@ def run(client_urls: list[str], target: Target, names: list[str],
         changes = max(0, len(w.leaders) - 1)
         print(f"{name:30} {'up' if ok else 'DOWN':>8} {before_rss / 2**20:8.0f}MB "
               f"{w.peak / 2**20:7.0f}MB {changes:>8} {moved:>8}", flush=True)
-        if not ok and restart is not None:
-            restart()
+        if not ok and (restart is None or not restart()):
+            break
     writer.stop.set()
     writer.join()
     for line in check_acked(client_urls, writer.acked):
@@ -347,11 +350,18 @@ def main() -> None:
                               if status(n.client_url).header.member_id != lead)
             target = Target(node.peer_url, node.client_url, f"http://127.0.0.1:{port}", node)
 
-            def restart() -> None:
+            def restart() -> bool:
+                time.sleep(LINGER_MS / 1000)
                 node.kill()
                 node.start()
-                harness.wait_ready(c, timeout=60)
+                try:
+                    harness.wait_ready(c, timeout=60)
+                    harness.wait_until(lambda: alive(target), 60, 0.5, f"{node.name} to serve")
+                except AssertionError:
+                    print(f"{'':30} ({node.name} does not come back: see {node.log_path})")
+                    return False
                 print(f"{'':30} (restarted {node.name})")
+                return True
 
             run([n.client_url for n in c.nodes], target, names, restart)
         finally:

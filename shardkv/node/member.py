@@ -969,7 +969,7 @@ class Member:
             else:
                 by_peer[m.to].append(m)
         for to, batch in by_peer.items():
-            if not self.transport.send(to, KIND_MESSAGES, [encode(batch)]):
+            if not self.transport.send(to, KIND_MESSAGES, peerwire.pack(batch, self._frame_budget)):
                 self._feedback.append(lambda to=to: self.node.report_unreachable(to))
                 self._requeue_forwarded(batch)
 
