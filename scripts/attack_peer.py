@@ -145,15 +145,15 @@ def snapshot_in_batch(v: ClusterView, t: Target) -> None:
 
 
 def bad_conf_change_entry(v: ClusterView, t: Target) -> None:
-    """An append whose entries are a garbage conf change and an index gap."""
+    """Appends carrying a garbage conf change entry, claimed from another member, one for each
+    index from the target's commit index on (one of them matches its log's end)."""
     st = status(t.client_url)
-    for index, term in ((st.raftIndex, st.raftTerm), (st.raftIndex - 1, st.raftTerm)):
-        entries = (Entry(term, index + 1, EntryType.CONF_CHANGE, b"\xc1garbage"),
-                   Entry(term, index + 7))
-        msg = Message(MessageType.APP, v.target_id, v.other_id, term=term, log_term=term,
-                      index=index, entries=entries, commit=index)
-        push(t.peer_url, [head(v, b"M") + encode([msg])])
-        time.sleep(0.2)
+    term = st.raftTerm
+    batch = [Message(MessageType.APP, v.target_id, v.other_id, term=term, log_term=term,
+                     index=i, commit=i,
+                     entries=(Entry(term, i + 1, EntryType.CONF_CHANGE, b"\xc1garbage"),))
+             for i in range(st.raftIndex, st.raftIndex + 300)]
+    push(t.peer_url, [head(v, b"M") + encode(batch)])
 
 
 def multipart_flood(v: ClusterView, t: Target) -> None:

@@ -626,7 +626,9 @@ class Member:
                         "%x); stopping", sender)
             self.stopped.set()
             return
-        rejected.count("peer", "removed_notice_unconfirmed", log, f"from {sender:x}")
+        # counted (not believed as it came), but a removed member's first notice is one of these:
+        # logged below only when it is acted on
+        rejected.count("peer", "removed_notice_unconfirmed")
         now = time.monotonic()
         if asked is not None and now - asked[1] < REMOVAL_QUERY_INTERVAL_S:
             return

@@ -167,19 +167,21 @@ def check(m: Message, me: int, sender: int, members: Collection[int]) -> str | N
 
 def _check_append(m: Message) -> str | None:
     """Entries follow ``index`` one by one; terms never decrease, from ``log_term`` up to the
-    leader's term (the log's invariant); conf change entries decode."""
+    leader's term (the log's invariant); conf change entries decode. (On every append a
+    follower takes: kept to a few comparisons per entry.)"""
     if m.index + len(m.entries) > MAX_NUMBER:
         return "bad_number"
-    prev = m.log_term
-    for i, e in enumerate(m.entries):
-        if e.index != m.index + 1 + i:
+    index, prev, top = m.index, max(m.log_term, 1), m.term
+    for e in m.entries:
+        index += 1
+        term = e.term
+        if e.index != index or term < prev or term > top:
             return "bad_entries"
-        if not (1 <= e.term <= m.term and e.term >= prev):
-            return "bad_entries"
-        prev = e.term
-        reason = _check_entry_type(e.type, e.data)
-        if reason:
-            return reason
+        prev = term
+        if e.type != EntryType.NORMAL:
+            reason = _check_entry_type(e.type, e.data)
+            if reason:
+                return reason
     return None
 
 

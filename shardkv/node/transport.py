@@ -126,6 +126,7 @@ class PeerTransport:
         self._loop = loop
         loop.add_reader(self._pull.getsockopt(zmq.FD), self.drain)
         loop.add_reader(self._monitor.getsockopt(zmq.FD), self._read_monitor)
+        self._read_monitor()  # arms its edge-triggered FD
 
     def drain(self) -> bool:
         """Receive what is waiting, without blocking; called on FD events and each loop turn

@@ -425,8 +425,10 @@ def test_a_follower_catches_up_on_big_entries_through_bounded_frames(tmp_path):
     """Legitimate traffic stays within the frame limit: a follower that was down while 40
     values of 1 MiB were written catches up, though the leader's appends to it (many in one
     Ready) come to far more than the largest frame a member takes (they are cut into frames
-    of the budget)."""
+    of the budget), and no connection to it was dropped for an oversized frame."""
     c = make_cluster(tmp_path, 3)
+    metrics_port = free_ports(1)[0]
+    c.nodes[2].args += ["--listen-metrics-urls", f"http://127.0.0.1:{metrics_port}"]
     try:
         for n in c.nodes:
             n.start()
@@ -449,5 +451,6 @@ def test_a_follower_catches_up_on_big_entries_through_bounded_frames(tmp_path):
             except grpc.RpcError:
                 return False
         wait_until(caught_up, 60, 0.5, "the lagging member to hold every value")
+        assert _rejected(f"http://127.0.0.1:{metrics_port}").get("connection_dropped", 0) == 0
     finally:
         c.close()
