@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import urlparse
 
 import zmq
-
 from zmq.utils.monitor import parse_monitor_message
 
 from shardkv import rejected
@@ -134,6 +133,8 @@ class PeerTransport:
         most DRAIN_BATCH messages, and none while the receiver has no room; returns True if it
         stopped for lack of room (the receiver calls again once it made some)."""
         self._drain_scheduled = False
+        if self._pull.closed:
+            return False  # a drain scheduled before close()
         recv = self._pull.recv_multipart
         for _ in range(DRAIN_BATCH):
             if not self._room():
