@@ -226,7 +226,8 @@ class Member:
         self._incoming_snapshot: tuple[Path, bytes, int] | None = None
         self._receiving_snapshot = False
         self._removal_queries: dict[int, tuple[bytes, float]] = {}  # peer -> (nonce, asked at)
-        self._removal_answers: dict[int, float] = {}  # removed member -> last told at
+        # (removed member, answer or hint) -> last told at
+        self._removal_told: dict[tuple[int, bool], float] = {}
         self._snapshot_seq = itertools.count()
         self._snap_index = 0
         self._revoking: set[int] = set()
@@ -647,12 +648,12 @@ class Member:
 
     def _tell_removed_member(self, node_id: int, nonce: bytes) -> None:
         """Tell a removed member (at its last known URLs) that it was removed: a hint, or the
-        answer to its query. At most once per REMOVAL_QUERY_INTERVAL_S per member."""
-        now = time.monotonic()
-        if now - self._removal_answers.get(node_id, -REMOVAL_QUERY_INTERVAL_S) \
-                < REMOVAL_QUERY_INTERVAL_S:
+        answer to its query (``nonce``). At most one of each per REMOVAL_QUERY_INTERVAL_S per
+        member: a hint must not hold back the answer to the query it prompts."""
+        key, now = (node_id, bool(nonce)), time.monotonic()
+        if now - self._removal_told.get(key, -REMOVAL_QUERY_INTERVAL_S) < REMOVAL_QUERY_INTERVAL_S:
             return
-        self._removal_answers[node_id] = now
+        self._removal_told[key] = now
         self.transport.send_former(node_id, KIND_REMOVED, [nonce])
 
     def _adopt_cluster_id(self, cluster_id: int) -> None:

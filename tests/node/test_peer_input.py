@@ -454,3 +454,25 @@ def test_a_follower_catches_up_on_big_entries_through_bounded_frames(tmp_path):
         assert _rejected(f"http://127.0.0.1:{metrics_port}").get("connection_dropped", 0) == 0
     finally:
         c.close()
+
+
+@pytest.mark.etcdctl
+def test_a_member_removed_while_down_learns_it_when_it_comes_back(tmp_path):
+    """It missed the notice sent when its removal applied; its first messages to the others
+    get it a new one (etcd: 410 Gone), which it confirms by asking, then it stops."""
+    c = make_cluster(tmp_path, 3)
+    try:
+        for n in c.nodes:
+            n.start()
+        wait_ready(c)
+        gone = c.nodes[2]
+        with grpc.insecure_channel(gone.client_url.split("://")[1]) as ch:
+            gone_id = rpc.MaintenanceStub(ch).Status(pb.StatusRequest(), timeout=5).header.member_id
+        gone.kill()
+        with grpc.insecure_channel(c.nodes[0].client_url.split("://")[1]) as ch:
+            rpc.ClusterStub(ch).MemberRemove(pb.MemberRemoveRequest(ID=gone_id), timeout=10)
+        gone.start()
+        wait_until(lambda: not gone.alive, 30, 0.2, "the removed member to stop")
+        assert "permanently removed" in gone.log()
+    finally:
+        c.close()
