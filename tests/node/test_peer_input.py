@@ -465,11 +465,14 @@ def test_a_member_removed_while_down_learns_it_when_it_comes_back(tmp_path):
         for n in c.nodes:
             n.start()
         wait_ready(c)
-        gone = c.nodes[2]
-        with grpc.insecure_channel(gone.client_url.split("://")[1]) as ch:
-            gone_id = rpc.MaintenanceStub(ch).Status(pb.StatusRequest(), timeout=5).header.member_id
+        statuses = []
+        for n in c.nodes:
+            with grpc.insecure_channel(n.client_url.split("://")[1]) as ch:
+                statuses.append(rpc.MaintenanceStub(ch).Status(pb.StatusRequest(), timeout=5))
+        i = next(i for i, st_ in enumerate(statuses) if st_.header.member_id != st_.leader)
+        gone, gone_id = c.nodes[i], statuses[i].header.member_id  # a follower
         gone.kill()
-        with grpc.insecure_channel(c.nodes[0].client_url.split("://")[1]) as ch:
+        with grpc.insecure_channel(c.nodes[i - 1].client_url.split("://")[1]) as ch:
             rpc.ClusterStub(ch).MemberRemove(pb.MemberRemoveRequest(ID=gone_id), timeout=10)
         gone.start()
         wait_until(lambda: not gone.alive, 30, 0.2, "the removed member to stop")
