@@ -91,6 +91,28 @@ def restore(source: Source, data_dir: str | os.PathLike[str]) -> int:
         return store.consistent_index
 
 
+class InvalidSnapshot(Exception):
+    """A received snapshot body is not a store (its checksum may match: it proves no origin)."""
+
+
+def receive(source: Source, directory: Path, map_size: int) -> int:
+    """Make ``directory`` (new) hold a received snapshot as ``data.mdb``, ready for
+    ``Store.replace_with``: verify the stream's checksum, then that the body opens as a store.
+    Returns the applied index the body contains. Raises SnapshotChecksumError or
+    InvalidSnapshot (removing ``directory``). Runs off the loop: it reads the whole body."""
+    directory.mkdir()
+    try:
+        _write_verified(source, directory / "data.mdb")
+        try:
+            with Store(directory, map_size=map_size) as store:
+                return store.consistent_index
+        except Exception as exc:  # lmdb.Error, or a meta value that does not decode
+            raise InvalidSnapshot(f"{type(exc).__name__}: {exc}") from None
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
 def install(store: Store, source: Source) -> int:
     """Replace a running store's whole state with a received snapshot (verified first; the old
     state is untouched if verification fails). Returns the snapshot's applied index. Watchers

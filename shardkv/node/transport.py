@@ -6,7 +6,16 @@ payload follows:
 * ``M``: a msgspec-encoded batch of Raft messages (everything for that peer from one Ready);
 * ``S``: a SNAPSHOT message followed by the membership and the store image, streamed as the
   remaining frames of the same multipart message (the Raft snapshot carries no data);
-* ``R``: the receiver has been removed from the cluster.
+* ``R``: "you may have been removed from the cluster"; believed only when its payload echoes the
+  nonce of the receiver's own ``Q`` to that sender (etcd's removed member stops when a peer
+  answers its own request with 410 Gone);
+* ``Q``: "have you removed me?", a nonce: a member that removed the sender answers ``R`` with it.
+
+Input is bounded where it enters: libzmq drops the connection of a peer that sends a frame
+over ``max_frame_bytes`` (counted as ``connection_dropped``), queues at most RCVHWM messages
+per connection, and ``drain`` reads a bounded number of messages per call while the receiver
+has room. (libzmq delivers a multipart message whole, so the frames of one message are not
+bounded in number: that needs peers kept out by authentication.)
 
 Sends never block: ZMQ_IMMEDIATE makes a send to a peer without a live connection fail at once,
 which the caller reports to Raft as unreachable.
@@ -22,7 +31,9 @@ from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import urlparse
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
+from shardkv import rejected
 from shardkv.trace import tr
 
 log = logging.getLogger("shardkv.transport")
@@ -30,7 +41,13 @@ _NOBLOCK = int(zmq.NOBLOCK)  # pyzmq's enum arithmetic costs more than the call 
 _HEAD = struct.Struct(">QQc")  # cluster id, sender id, kind; the first frame's payload follows
 KIND_MESSAGES = b"M"
 KIND_SNAPSHOT = b"S"
-KIND_REMOVED = b"R"  # "you were removed from the cluster": the receiver shuts down
+KIND_REMOVED = b"R"  # "you may have been removed", or the answer to a Q
+KIND_REMOVAL_QUERY = b"Q"
+# Receive queue per connection, in bytes of the largest frame: RCVHWM counts messages.
+RECEIVE_QUEUE_BYTES = 64 * 1024 * 1024
+MIN_RECEIVE_QUEUE = 16
+DRAIN_BATCH = 256  # messages read per drain() call; the rest in a later loop iteration
+FORMER_PEERS_KEPT = 64  # URLs of peers no longer in the configuration (answers to removed ones)
 # TEST ONLY (tests/chaos): a file of peer ids (whitespace-separated, int literals) whose
 # outgoing messages this member silently drops, re-read every 100 ms. Unset: no cost.
 _TEST_FAULTS = os.environ.get("SHARDKV_TEST_FAULTS")
@@ -60,23 +77,34 @@ def waiting(sock: zmq.Socket) -> Iterator[list[bytes]]:
 
 
 class PeerTransport:
-    def __init__(self, member_id: int, listen_urls: list[str], handler: Handler) -> None:
+    def __init__(self, member_id: int, listen_urls: list[str], handler: Handler,
+                 max_frame_bytes: int, room: Callable[[], bool] = lambda: True) -> None:
+        """``handler`` gets each received message; ``room()`` says whether the receiver takes
+        more now (while it says no, messages wait in libzmq's bounded queue, then in TCP)."""
         self.member_id = member_id
         self.cluster_id = 0
         self._ctx = zmq.Context.instance()
         self._handler = handler
+        self._room = room
         self._pull = self._ctx.socket(zmq.PULL)
         self._pull.setsockopt(zmq.LINGER, 0)
-        self._pull.setsockopt(zmq.RCVHWM, 10000)
+        self._pull.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
+        self._pull.setsockopt(zmq.RCVHWM,
+                              max(MIN_RECEIVE_QUEUE, RECEIVE_QUEUE_BYTES // max_frame_bytes))
         for url in listen_urls:
             try:
                 self._pull.bind(zmq_endpoint(url))
             except zmq.ZMQError as exc:
                 self._pull.close(0)
                 raise OSError(f"listen tcp {url}: bind: {exc.strerror.lower()}") from None
+        # libzmq drops a connection that breaks the protocol or sends an oversized frame
+        # without telling the socket's user: its monitor reports the disconnection.
+        self._monitor = self._pull.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._peers: dict[int, zmq.Socket] = {}
         self._peer_urls: dict[int, tuple[str, ...]] = {}
+        self._former_urls: dict[int, tuple[str, ...]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_scheduled = False
         self._test_blocked: frozenset[int] = frozenset()
         self._test_read_at = 0.0
 
@@ -96,24 +124,68 @@ class PeerTransport:
         """Drain the PULL socket whenever its (edge-triggered) FD signals."""
         self._loop = loop
         loop.add_reader(self._pull.getsockopt(zmq.FD), self.drain)
+        loop.add_reader(self._monitor.getsockopt(zmq.FD), self._read_monitor)
+        self._read_monitor()  # arms its edge-triggered FD
 
-    def drain(self) -> None:
-        """Receive everything waiting, without blocking; called on FD events and each loop turn
-        (ZeroMQ's FD is edge-triggered, so a missed edge must not strand messages)."""
-        for frames in waiting(self._pull):
+    def drain(self) -> bool:
+        """Receive what is waiting, without blocking; called on FD events and each loop turn
+        (ZeroMQ's FD is edge-triggered, so a missed edge must not strand messages). Reads at
+        most DRAIN_BATCH messages, and none while the receiver has no room; returns True if it
+        stopped for lack of room (the receiver calls again once it made some)."""
+        self._drain_scheduled = False
+        if self._pull.closed:
+            return False  # a drain scheduled before close()
+        recv = self._pull.recv_multipart
+        for _ in range(DRAIN_BATCH):
+            if not self._room():
+                return True
+            try:
+                frames = recv(_NOBLOCK)
+            except zmq.Again:
+                return False
             tr("recv")
-            first = frames[0]
-            if len(first) < _HEAD.size:
-                continue
-            cluster_id, sender, kind = _HEAD.unpack_from(first)
+            self._deliver(frames)
+        if self._loop is not None and not self._drain_scheduled:
+            self._drain_scheduled = True  # more may wait: read on after other callbacks ran
+            self._loop.call_soon(self.drain)
+        return False
+
+    def _deliver(self, frames: list[bytes]) -> None:
+        first = frames[0]
+        if len(first) < _HEAD.size:
+            rejected.count("peer", "short_header", log, f"{len(first)}-byte first frame")
+            return
+        cluster_id, sender, kind = _HEAD.unpack_from(first)
+        try:
             self._handler(cluster_id, sender, kind, [first[_HEAD.size:], *frames[1:]])
+        except Exception:
+            # The handler checks and queues; it must not raise. If it does anyway, this one
+            # message is lost, not the reader (no Raft state is changed while handling).
+            log.exception("handling a peer message of kind %r from %x failed", kind, sender)
+            rejected.count("peer", "handler_error")
+
+    def _read_monitor(self) -> None:
+        while True:
+            try:
+                event = parse_monitor_message(self._monitor.recv_multipart(_NOBLOCK))
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                rejected.count("peer", "connection_dropped", log,
+                               "a peer connection closed (an oversized frame, a protocol "
+                               "error, or the peer went away)")
 
     def set_peers(self, peers: dict[int, Iterable[str]]) -> None:
         """Connect to every peer (id -> peer URLs), drop sockets of peers no longer listed."""
         for pid in list(self._peers):
             if pid not in peers or tuple(peers[pid]) != self._peer_urls.get(pid):
                 self._peers.pop(pid).close(linger=1000)  # let a last word (e.g. R) go out
-                self._peer_urls.pop(pid, None)
+                urls = self._peer_urls.pop(pid, ())
+                if pid not in peers and urls:
+                    self._former_urls.pop(pid, None)
+                    self._former_urls[pid] = urls
+                    if len(self._former_urls) > FORMER_PEERS_KEPT:
+                        del self._former_urls[next(iter(self._former_urls))]
         for pid, urls in peers.items():
             if pid == self.member_id or pid in self._peers or not urls:
                 continue
@@ -153,10 +225,32 @@ class PeerTransport:
             return False
         return True
 
+    def send_former(self, to: int, kind: bytes, frames: list[bytes]) -> bool:
+        """Send one message to a peer no longer in the configuration (at its last known URLs),
+        over a socket of its own that lives until the message left or a second passed."""
+        urls = self._former_urls.get(to)
+        if not urls:
+            return False
+        sock = self._ctx.socket(zmq.PUSH)
+        try:
+            sock.setsockopt(zmq.SNDHWM, 1)
+            for url in urls:
+                sock.connect(zmq_endpoint(url))
+            sock.send_multipart([_HEAD.pack(self.cluster_id, self.member_id, kind) + frames[0],
+                                 *frames[1:]], _NOBLOCK)
+        except zmq.ZMQError:
+            return False
+        finally:
+            sock.close(linger=1000)
+        return True
+
     def close(self) -> None:
         if self._loop is not None:
             self._loop.remove_reader(self._pull.getsockopt(zmq.FD))
+            self._loop.remove_reader(self._monitor.getsockopt(zmq.FD))
         for sock in self._peers.values():
             sock.close(0)
         self._peers.clear()
+        self._pull.disable_monitor()
+        self._monitor.close(0)
         self._pull.close(0)
