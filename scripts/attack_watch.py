@@ -4,8 +4,10 @@
     python3 scripts/attack_watch.py --code /work/base     # the same against older code
     python3 scripts/attack_watch.py --attacks slow --slow-puts 16
 
-``slow``: one Watch stream carrying ``--slow-watchers`` watches on one key whose client never
-reads, while another client puts ``--slow-puts`` values of ``--value-bytes`` on that key.
+``slow``: one Watch stream carrying ``--slow-watchers`` watches on one key whose client reads
+nothing (not even from its socket: tests/node/raw_watch_client.py), while another client puts
+``--slow-puts`` values of ``--value-bytes`` on that key; with ``--drain`` the client then reads
+and checks that every watcher got every event in order.
 ``history``: a store with ``--history-revs`` revisions, then ``--history-watchers`` watches from
 revision 1 on one stream whose client reads everything (checked: every event, in order, once).
 
@@ -33,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "node"))
 from harness import make_cluster, wait_until  # noqa: E402
+from raw_watch_client import RawWatchClient  # noqa: E402
 from shardkv.api.etcdserverpb import rpc_pb2 as pb  # noqa: E402
 from shardkv.api.etcdserverpb import rpc_pb2_grpc as rpc  # noqa: E402
 
@@ -104,24 +107,19 @@ def leader_endpoint(endpoints: list[str]) -> str:
     raise RuntimeError("no leader")
 
 
-def watch_stream(endpoint: str, creates: list[pb.WatchCreateRequest], hold: threading.Event):
-    """A Watch call sending ``creates``, then keeping the request side open until ``hold``."""
-    channel = grpc.insecure_channel(endpoint, options=[("grpc.max_receive_message_length", -1)])
-
-    def requests():
-        for c in creates:
-            yield pb.WatchRequest(create_request=c)
-        hold.wait()
-
-    return channel, rpc.WatchStub(channel).Watch(requests(), timeout=3600)
+def open_watches(endpoint: str, creates: list[pb.WatchCreateRequest]) -> RawWatchClient:
+    """One Watch call carrying ``creates`` from a client that reads nothing until asked."""
+    host, port = endpoint.rsplit(":", 1)
+    client = RawWatchClient(host, int(port), timeout=30)
+    client.send(*(pb.WatchRequest(create_request=c) for c in creates))
+    return client
 
 
 def attack_slow(endpoint: str, pid: int, args: argparse.Namespace) -> dict:
-    hold = threading.Event()
     sampler, serial = Sampler(pid), SerialClient(endpoint)
     sampler.start()
     creates = [pb.WatchCreateRequest(key=b"slow/k") for _ in range(args.slow_watchers)]
-    channel, responses = watch_stream(endpoint, creates, hold)
+    client = open_watches(endpoint, creates)
     time.sleep(1.0)  # let the creates arrive
     serial.start()
     kv = rpc.KVStub(grpc.insecure_channel(endpoint))
@@ -143,16 +141,17 @@ def attack_slow(endpoint: str, pid: int, args: argparse.Namespace) -> dict:
     result.update(serial_longest_gap_s=serial.longest_gap, serial_failures=serial.failures)
     if args.drain:
         t = time.monotonic()
-        ok = drain_and_check(responses, args.slow_watchers, args.slow_puts, args.drain_timeout)
-        result.update(drained_in_order=ok, drain_s=time.monotonic() - t)
+        ok = drain_and_check(client, args.slow_watchers, args.slow_puts - failed,
+                             args.drain_timeout)
+        result.update(drained_in_order=ok, drain_s=time.monotonic() - t,
+                      peak_rss_with_drain_mb=(sampler.peak - sampler.start_rss) / MB)
     sampler.stop.set()
-    hold.set()
-    responses.cancel()
-    channel.close()
+    client.close()
     return result
 
 
-def drain_and_check(responses, watchers: int, per_watcher: int, timeout: float) -> bool:
+def drain_and_check(client: RawWatchClient, watchers: int, per_watcher: int,
+                    timeout: float) -> bool:
     """Read until every watcher has ``per_watcher`` events; each watcher's revisions must
     increase strictly (in order, no duplicates)."""
     got: dict[int, list[int]] = {}
@@ -161,7 +160,7 @@ def drain_and_check(responses, watchers: int, per_watcher: int, timeout: float) 
     def reader():
         try:
             complete = 0
-            for resp in responses:
+            for resp in client.responses():
                 if resp.created:
                     got.setdefault(resp.watch_id, [])
                     continue
@@ -172,7 +171,7 @@ def drain_and_check(responses, watchers: int, per_watcher: int, timeout: float) 
                     complete += 1
                     if complete == watchers:
                         break
-        except grpc.RpcError:
+        except OSError:
             pass
         done.put(True)
 
@@ -195,19 +194,16 @@ def attack_history(endpoint: str, pid: int, args: argparse.Namespace) -> dict:
     sampler, serial = Sampler(pid), SerialClient(endpoint)
     sampler.start()
     serial.start()
-    hold = threading.Event()
     t = time.monotonic()
     creates = [pb.WatchCreateRequest(key=b"hist/", range_end=b"hist0", start_revision=1)
                for _ in range(args.history_watchers)]
-    channel, responses = watch_stream(endpoint, creates, hold)
-    ok = drain_and_check(responses, args.history_watchers, history, args.drain_timeout)
+    client = open_watches(endpoint, creates)
+    ok = drain_and_check(client, args.history_watchers, history, args.drain_timeout)
     took = time.monotonic() - t
     serial.stop.set()
     serial.join(15)
     sampler.stop.set()
-    hold.set()
-    responses.cancel()
-    channel.close()
+    client.close()
     return {"peak_rss_mb": (sampler.peak - sampler.start_rss) / MB,
             "start_rss_mb": sampler.start_rss / MB, "head_revision": head,
             "all_history_in_order": ok, "catch_up_s": took,
