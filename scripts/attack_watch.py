@@ -12,9 +12,9 @@ and checks that every watcher got every event in order.
 revision 1 on one stream whose client reads everything (checked: every event, in order, once).
 
 For each: the attacked member's start and peak RSS (psutil, every 50 ms), the longest gap
-between answers to a serial client putting and reading on the attacked member meanwhile (its
-event loop's longest stall, as a client sees it), the writer's slowest put, and leader changes
-(raft term seen before and after, on every member). Starts a 3-member cluster on free ports
+between answers to a serial writer and to a serial (serializable) reader on the attacked member
+meanwhile (the reader's is its event loop's longest stall, as a client sees it), and leader
+changes (raft term seen before and after, on every member). Starts a 3-member cluster on free ports
 (members run ``python3 -m shardkv.node.cli`` from ``--code``) and kills it at the end.
 """
 from __future__ import annotations
@@ -60,11 +60,15 @@ class Sampler(threading.Thread):
 
 
 class SerialClient(threading.Thread):
-    """Put then get, one at a time, on one member; records the longest gap between answers."""
+    """One request at a time on one member, each waiting for the previous answer; records the
+    longest gap between answers. ``put``: a write (replication and the disk included);
+    ``get``: a serializable read, served by the member's event loop alone, so its longest gap
+    is the loop's longest stall as a client sees it."""
 
-    def __init__(self, endpoint: str, timeout: float = 5.0) -> None:
+    def __init__(self, endpoint: str, kind: str, timeout: float = 5.0) -> None:
         super().__init__(daemon=True)
         self.kv = rpc.KVStub(grpc.insecure_channel(endpoint))
+        self.kind = kind
         self.timeout = timeout
         self.stop = threading.Event()
         self.longest_gap = 0.0
@@ -77,14 +81,40 @@ class SerialClient(threading.Thread):
         while not self.stop.is_set():
             i += 1
             try:
-                self.kv.Put(pb.PutRequest(key=b"serial", value=b"%d" % i), timeout=self.timeout)
-                self.kv.Range(pb.RangeRequest(key=b"serial"), timeout=self.timeout)
+                if self.kind == "put":
+                    self.kv.Put(pb.PutRequest(key=b"serial", value=b"%d" % i),
+                                timeout=self.timeout)
+                else:
+                    self.kv.Range(pb.RangeRequest(key=b"serial", serializable=True),
+                                  timeout=self.timeout)
                 self.answers += 1
             except grpc.RpcError:
                 self.failures += 1
             now = time.monotonic()
             self.longest_gap = max(self.longest_gap, now - last)
             last = now
+
+
+class SerialClients:
+    """A serial writer and a serial reader on the attacked member."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.clients = [SerialClient(endpoint, "put"), SerialClient(endpoint, "get")]
+
+    def start(self) -> None:
+        for c in self.clients:
+            c.start()
+
+    def finish(self) -> dict:
+        for c in self.clients:
+            c.stop.set()
+        for c in self.clients:
+            c.join(15)
+        out = {}
+        for c in self.clients:
+            out[f"serial_{c.kind}_longest_gap_s"] = c.longest_gap
+            out[f"serial_{c.kind}_failures"] = c.failures
+        return out
 
 
 def terms(endpoints: list[str]) -> list[int]:
@@ -116,7 +146,7 @@ def open_watches(endpoint: str, creates: list[pb.WatchCreateRequest]) -> RawWatc
 
 
 def attack_slow(endpoint: str, pid: int, args: argparse.Namespace) -> dict:
-    sampler, serial = Sampler(pid), SerialClient(endpoint)
+    sampler, serial = Sampler(pid), SerialClients(endpoint)
     sampler.start()
     creates = [pb.WatchCreateRequest(key=b"slow/k") for _ in range(args.slow_watchers)]
     client = open_watches(endpoint, creates)
@@ -136,9 +166,7 @@ def attack_slow(endpoint: str, pid: int, args: argparse.Namespace) -> dict:
     result = {"peak_rss_mb": (sampler.peak - sampler.start_rss) / MB,
               "start_rss_mb": sampler.start_rss / MB,
               "slowest_put_s": slowest, "failed_puts": failed}
-    serial.stop.set()
-    serial.join(15)
-    result.update(serial_longest_gap_s=serial.longest_gap, serial_failures=serial.failures)
+    result.update(serial.finish())
     if args.drain:
         t = time.monotonic()
         ok = drain_and_check(client, args.slow_watchers, args.slow_puts - failed,
@@ -191,7 +219,7 @@ def attack_history(endpoint: str, pid: int, args: argparse.Namespace) -> dict:
         kv.Put(pb.PutRequest(key=b"hist/%d" % (i % 10), value=value), timeout=10)
     head = kv.Range(pb.RangeRequest(key=b"hist/0"), timeout=5).header.revision
     history = args.history_revs  # events under hist/ from revision 1: one per history put
-    sampler, serial = Sampler(pid), SerialClient(endpoint)
+    sampler, serial = Sampler(pid), SerialClients(endpoint)
     sampler.start()
     serial.start()
     t = time.monotonic()
@@ -200,14 +228,12 @@ def attack_history(endpoint: str, pid: int, args: argparse.Namespace) -> dict:
     client = open_watches(endpoint, creates)
     ok = drain_and_check(client, args.history_watchers, history, args.drain_timeout)
     took = time.monotonic() - t
-    serial.stop.set()
-    serial.join(15)
+    gaps = serial.finish()
     sampler.stop.set()
     client.close()
     return {"peak_rss_mb": (sampler.peak - sampler.start_rss) / MB,
             "start_rss_mb": sampler.start_rss / MB, "head_revision": head,
-            "all_history_in_order": ok, "catch_up_s": took,
-            "serial_longest_gap_s": serial.longest_gap, "serial_failures": serial.failures}
+            "all_history_in_order": ok, "catch_up_s": took, **gaps}
 
 
 def main() -> None:

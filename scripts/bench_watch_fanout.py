@@ -1,0 +1,86 @@
+"""The watch delivery fast path, in one process: an applied put's events through the hub and
+the Watch service to serialized response bytes, as the gRPC server would push them.
+
+    PYTHONPATH=. python3 scripts/bench_watch_fanout.py
+    PYTHONPATH=/work/base python3 scripts/bench_watch_fanout.py     # older code, same figures
+
+For each case (watchers, streams, value size): microseconds per put from ``hub.notify`` until
+every stream has pushed its responses (store writes not counted), and per delivered response.
+Every push is accepted (a client that keeps up).
+"""
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import time
+from types import SimpleNamespace
+
+from shardkv.api.etcdserverpb import rpc_pb2 as pb
+from shardkv.mvcc.kv import PutRequest, ResponseHeader
+from shardkv.mvcc.store import Store
+from shardkv.mvcc.watch import WatchHub
+from shardkv.node.services import watch as service
+
+CASES = [  # watchers, streams, value bytes, puts
+    (1, 1, 256, 3000),
+    (100, 100, 256, 300),
+    (1000, 1, 256, 100),
+    (1000, 10, 256, 100),
+    (100, 1, 100 * 1024, 50),
+]
+
+
+class FakeMember:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.hub = WatchHub(store)
+        self.cfg = SimpleNamespace(max_request_bytes=1_572_864)
+        self.unsettled = False
+
+    def header(self) -> ResponseHeader:
+        return ResponseHeader(cluster_id=1, member_id=2, revision=self.store.current_revision,
+                              raft_term=3)
+
+
+async def idle() -> None:
+    for _ in range(3):  # the flush callbacks, and any they schedule
+        await asyncio.sleep(0)
+
+
+async def case(watchers: int, streams: int, value_bytes: int, puts: int) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory() as tmp, Store(tmp) as store:
+        member = FakeMember(store)
+        pushed = [0]
+
+        def push(payload: bytes) -> bool:
+            pushed[0] += 1
+            return True
+
+        all_streams = [service._Stream(member, push) for _ in range(streams)]
+        for i in range(watchers):
+            all_streams[i % streams]._create(pb.WatchCreateRequest(key=b"k"))
+        await idle()
+        pushed[0] = 0
+        value = b"v" * value_bytes
+        took = []
+        for i in range(puts):
+            result = store.apply([(store.consistent_index + 1, PutRequest(key=b"k", value=value))])
+            t = time.perf_counter()
+            member.hub.notify(result.events)
+            await idle()
+            took.append(time.perf_counter() - t)
+        assert pushed[0] == watchers * puts, (pushed[0], watchers * puts)
+        per_put = statistics.median(took) * 1e6
+        return per_put, per_put / watchers
+
+
+async def main() -> None:
+    print("watchers streams value_bytes  us/put  us/response")
+    for watchers, streams, value_bytes, puts in CASES:
+        per_put, per_resp = await case(watchers, streams, value_bytes, puts)
+        print(f"{watchers:8d} {streams:7d} {value_bytes:11d} {per_put:8.1f} {per_resp:10.2f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
