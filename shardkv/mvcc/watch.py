@@ -37,7 +37,7 @@ from shardkv.mvcc.kv import (
     WatchCreateRequest,
     WatchResponse,
 )
-from shardkv.mvcc.store import Store
+from shardkv.mvcc.store import EventsPage, Store
 
 DEFAULT_BUFFER_LIMIT = 128  # responses one watcher may have queued (etcd's chanBufLen)
 WATCHER_MAX_BYTES = 1024 * 1024  # event bytes one watcher may have queued
@@ -53,6 +53,7 @@ SYNC_READ_BYTES = 1024 * 1024  # history read per catch-up step (at least one re
 # even with many watchers selecting differently.
 SYNC_WORK = 50_000
 _SCAN_PER_SYNC = 4 * MAX_WATCHERS_PER_SYNC  # unsynced watchers looked at per step
+_MAX_SELECTIONS = 4096  # distinct selections kept with a page before it is read again
 _EVENT_OVERHEAD = 32  # bytes an event costs beyond its keys and values, roughly, once encoded
 _CONTROL_BYTES = 64  # a created / canceled / progress response
 
@@ -172,6 +173,22 @@ class WatchStream:
         return [self.pop() for _ in range(n)]  # type: ignore[misc]
 
 
+class _Page:
+    """A page of history read for catch-up, with what watchers selected from it so far."""
+
+    def __init__(self, start: int, page: EventsPage) -> None:
+        self.start = start
+        self.events = page.events
+        self.end = page.end
+        self.compact_revision = page.compact_revision
+        self.by_key: dict[bytes, list[Event]] = {}
+        for event in page.events:
+            self.by_key.setdefault(event.kv.key, []).append(event)
+        # (selector, first revision) -> responses, shared by every watcher asking the same
+        self.selections: dict[object, list[Events]] = {}
+        self.prev_cache: _PrevCache = {}
+
+
 class WatchHub:
     def __init__(self, store: Store, buffer_limit: int = DEFAULT_BUFFER_LIMIT,
                  revs_per_sync: int = DEFAULT_REVS_PER_SYNC,
@@ -197,6 +214,7 @@ class WatchHub:
         self._synced_ranges: dict[int, Watcher] = {}
         # In the order sync_unsynced visits them (visited ones move to the end: round robin).
         self._unsynced: dict[int, Watcher] = {}
+        self._page: _Page | None = None  # the last history read, while watchers are behind
         self._next_id = 0
 
     # ---------------------------------------------------------------- watchers
@@ -403,14 +421,8 @@ class WatchHub:
                 chosen.append(watcher)
         if not chosen:
             return False
-        page = self.store.events_page(min(w.next_rev for w in chosen), current,
-                                      self.revs_per_sync, self.sync_read_bytes)
-        by_key: dict[bytes, list[Event]] = {}
-        for event in page.events:
-            by_key.setdefault(event.kv.key, []).append(event)
+        page = self._read(min(w.next_rev for w in chosen), current)
         header = self._header()
-        shared: dict[object, list[Events]] = {}
-        prev_cache: _PrevCache = {}
         work = 0
         for watcher in chosen:
             if watcher.next_rev < page.compact_revision:  # compacted since `compact` was read
@@ -419,21 +431,34 @@ class WatchHub:
             if watcher.next_rev > page.end:
                 continue  # ahead of this read; a later step starts from its revision
             signature = (watcher.selector, watcher.next_rev)
-            responses = shared.get(signature)
+            responses = page.selections.get(signature)
             if responses is None:
                 if work >= SYNC_WORK:
                     break
-                candidates = by_key.get(watcher.key, []) if not watcher.range_end \
+                candidates = page.by_key.get(watcher.key, []) if not watcher.range_end \
                     else page.events
                 work += len(candidates)
-                responses = shared[signature] = self._responses(
-                    watcher, self._select(watcher, candidates), prev_cache)
+                responses = page.selections[signature] = self._responses(
+                    watcher, self._select(watcher, candidates), page.prev_cache)
             missed = self._deliver(watcher, responses, header)
             watcher.next_rev = page.end + 1 if missed is None else missed
             if watcher.next_rev > current:
                 self._remove_unsynced(watcher)
                 self._add_synced(watcher)
+        if not self._unsynced:
+            self._page = None
         return bool(self._unsynced)
+
+    def _read(self, start: int, current: int) -> _Page:
+        """The history page from ``start``: the one read by an earlier step if it started
+        there too (history at or above the compaction revision never changes, and watchers
+        that stayed behind on a full stream ask for the same page again: they get the same
+        ``Events``, encoded once), else a new bounded read."""
+        page = self._page
+        if page is None or page.start != start or len(page.selections) > _MAX_SELECTIONS:
+            page = self._page = _Page(start, self.store.events_page(
+                start, current, self.revs_per_sync, self.sync_read_bytes))
+        return page
 
     def _rotate(self, watcher: Watcher) -> None:
         del self._unsynced[watcher.id]
@@ -449,6 +474,7 @@ class WatchHub:
         """The store was replaced under the hub (a Raft snapshot installed): synced watchers
         have been sent everything up to ``previous_revision`` and now catch up on the new
         history from there, or are cancelled as compacted (etcd's watchable store restore)."""
+        self._page = None  # read from the old store
         for watcher in list(self._synced.values()):
             self._remove_synced(watcher)
             watcher.next_rev = max(watcher.next_rev, previous_revision + 1)
