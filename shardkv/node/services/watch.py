@@ -218,16 +218,13 @@ class _Encoder:
                                     canceled=resp.canceled,
                                     compact_revision=resp.compact_revision,
                                     cancel_reason=resp.cancel_reason).SerializeToString()
-        events = resp.events
+        events: Events = resp.events  # the hub's responses with events carry an Events list
         if not events:
             return envelope
-        encoded = getattr(events, "encoded", None)
-        if encoded is None:
-            encoded = pb.WatchResponse(events=[convert.event(e) for e in events]) \
+        if events.encoded is None:
+            events.encoded = pb.WatchResponse(events=[convert.event(e) for e in events]) \
                 .SerializeToString()
-            if isinstance(events, Events):
-                events.encoded = encoded
-        return envelope + encoded
+        return envelope + events.encoded
 
 
 def fragments(msg: pb.WatchResponse, limit: int) -> list[pb.WatchResponse]:
