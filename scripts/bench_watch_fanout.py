@@ -8,6 +8,8 @@ For each case (watchers, streams, value size): microseconds per put from ``hub.n
 every stream has pushed its responses (store writes not counted; catch-up steps for watchers
 that found their stream's queue full are), and per delivered response. Every push is accepted
 (a client that keeps up). Older code has no ``hub_stream``: it pushes everything at once.
+Then history replays: watchers from revision 1 over stored puts, with the longest catch-up
+step and the longest flush (each holds the member's event loop while it runs).
 """
 from __future__ import annotations
 
@@ -84,11 +86,52 @@ async def case(watchers: int, streams: int, value_bytes: int, puts: int) -> tupl
         return per_put, per_put / watchers
 
 
+async def replay(watchers: int, revisions: int, value_bytes: int) -> tuple[float, float, float]:
+    """``watchers`` watches from revision 1 on one stream over ``revisions`` stored puts, a
+    client that keeps up, catch-up steps run back to back (as the member's watch loop when
+    nothing else waits): (seconds until all are synced and sent, longest catch-up step,
+    longest flush) -- each step and flush runs on the member's event loop in one go."""
+    with tempfile.TemporaryDirectory() as tmp, Store(tmp) as store:
+        for first in range(0, revisions, 100):
+            store.apply([(store.consistent_index + 1 + j,
+                          PutRequest(key=b"h/%d" % (j % 10), value=b"h" * value_bytes))
+                         for j in range(min(100, revisions - first))])
+        member = FakeMember(store)
+        stream = service._Stream(member, lambda payload: True)
+        flushes, steps = [0.0], [0.0]
+        flush = stream.flush
+
+        def timed_flush() -> None:
+            t = time.perf_counter()
+            flush()
+            flushes.append(time.perf_counter() - t)
+
+        stream.flush = timed_flush
+        for _ in range(watchers):
+            stream._create(pb.WatchCreateRequest(key=b"h/", range_end=b"h0", start_revision=1))
+        ids = list(stream.watchers)
+        began = time.perf_counter()
+        while not all(member.hub.is_synced(i) for i in ids):
+            for _ in range(3):
+                await asyncio.sleep(0)
+            t = time.perf_counter()
+            member.hub.sync_unsynced()
+            steps.append(time.perf_counter() - t)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return time.perf_counter() - began, max(steps), max(flushes)
+
+
 async def main() -> None:
     print("watchers streams value_bytes  us/put  us/response")
     for watchers, streams, value_bytes, puts in CASES:
         per_put, per_resp = await case(watchers, streams, value_bytes, puts)
         print(f"{watchers:8d} {streams:7d} {value_bytes:11d} {per_put:8.1f} {per_resp:10.2f}")
+    print("replay: watchers revisions value_bytes  total_s  longest_step_ms  longest_flush_ms")
+    for watchers, revisions, value_bytes in [(500, 2000, 1000), (50, 200, 100 * 1024)]:
+        total, step, flush = await replay(watchers, revisions, value_bytes)
+        print(f"        {watchers:8d} {revisions:9d} {value_bytes:11d} {total:8.2f} "
+              f"{step * 1e3:16.1f} {flush * 1e3:17.1f}")
 
 
 if __name__ == "__main__":

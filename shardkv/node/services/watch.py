@@ -200,31 +200,54 @@ class _Stream:
 class _Encoder:
     """WatchResponse bytes from the hub's responses. The events are encoded once per shared
     ``Events`` list (every watcher that selected them gets the same bytes) and appended to each
-    watcher's own envelope: concatenated protobuf messages merge, repeated fields append."""
+    watcher's own envelope: concatenated protobuf messages merge, repeated fields append. The
+    envelope (header, watch id, flags) is written by hand: building a message per response
+    would cost more than the rest of a small response's delivery."""
 
     def __init__(self, member: Member) -> None:
         self.base = member.header()
-        self.headers: dict[int, pb.ResponseHeader] = {}
+        self.headers: dict[int, bytes] = {}  # revision -> header field, for this flush
 
     def encode(self, resp: kv.WatchResponse) -> bytes:
         rev = resp.header.revision or self.base.revision
         header = self.headers.get(rev)
         if header is None:
             b = self.base
-            header = self.headers[rev] = pb.ResponseHeader(
-                cluster_id=b.cluster_id, member_id=b.member_id, revision=rev,
-                raft_term=b.raft_term)
-        envelope = pb.WatchResponse(header=header, watch_id=resp.watch_id, created=resp.created,
-                                    canceled=resp.canceled,
-                                    compact_revision=resp.compact_revision,
-                                    cancel_reason=resp.cancel_reason).SerializeToString()
+            raw = pb.ResponseHeader(cluster_id=b.cluster_id, member_id=b.member_id,
+                                    revision=rev, raft_term=b.raft_term).SerializeToString()
+            header = self.headers[rev] = b"\x0a" + _varint(len(raw)) + raw  # field 1
+        out = header
+        if resp.watch_id:
+            out += b"\x10" + _varint(resp.watch_id)  # field 2, int64
+        if resp.created:
+            out += b"\x18\x01"  # field 3
+        if resp.canceled:
+            out += b"\x20\x01"  # field 4
+        if resp.compact_revision:
+            out += b"\x28" + _varint(resp.compact_revision)  # field 5, int64
+        if resp.cancel_reason:
+            reason = resp.cancel_reason.encode()
+            out += b"\x32" + _varint(len(reason)) + reason  # field 6
         events: Events = resp.events  # the hub's responses with events carry an Events list
         if not events:
-            return envelope
-        if events.encoded is None:
+            return out
+        if events.encoded is None:  # repeated field 11
             events.encoded = pb.WatchResponse(events=[convert.event(e) for e in events]) \
                 .SerializeToString()
-        return envelope + events.encoded
+        return out + events.encoded
+
+
+def _varint(value: int) -> bytes:
+    """Protobuf's base-128 varint; a negative int64 as its 64-bit two's complement."""
+    if 0 <= value < 0x80:
+        return bytes((value,))
+    value &= 0xFFFFFFFFFFFFFFFF
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def fragments(msg: pb.WatchResponse, limit: int) -> list[pb.WatchResponse]:
