@@ -125,6 +125,16 @@ class ApplyResult:
 
 
 @dataclass
+class EventsPage:
+    """A bounded slice of history (``Store.events_page``): every stored event with main
+    revision in [start, ``end``], oldest first, and the compaction revision of the same read."""
+
+    events: list[Event]
+    end: int
+    compact_revision: int
+
+
+@dataclass
 class _Dbs:
     key: lmdb._Database
     index: lmdb._Database
@@ -298,6 +308,33 @@ class Store:
                 kind = EventType.DELETE if tombstone else EventType.PUT
                 out.append(Event(type=kind, kv=_decode_kv(raw_kv)))
         return out
+
+    def events_page(self, start_rev: int, end_rev: int, max_revs: int,
+                    max_bytes: int) -> EventsPage:
+        """Like ``events(start_rev, end_rev)`` but bounded, in whole revisions: it stops before
+        the revision that would exceed ``max_revs`` revisions, or once ``max_bytes`` of stored
+        changes were read (at least one revision, however big). The compaction revision comes
+        from the same read transaction: history from a revision at or above it is complete."""
+        out: list[Event] = []
+        end, revs, size = end_rev, 0, 0
+        with self._env.begin() as txn:
+            compact = self._meta(txn, _COMPACT_REV, -1)
+            cursor = txn.cursor(db=self._dbs.key)
+            if cursor.set_range(rev_to_bytes(max(start_rev, 0), 0)):
+                last = -1
+                for raw_rev, raw_kv in cursor:
+                    main, _, tombstone = bytes_to_rev(raw_rev)
+                    if main > end_rev:
+                        break
+                    if main != last:
+                        if revs >= max_revs or (revs and size >= max_bytes):
+                            end = last
+                            break
+                        revs, last = revs + 1, main
+                    size += len(raw_rev) + len(raw_kv)
+                    kind = EventType.DELETE if tombstone else EventType.PUT
+                    out.append(Event(type=kind, kv=_decode_kv(raw_kv)))
+        return EventsPage(out, end, compact)
 
     # ---------------------------------------------------------------- writes
 

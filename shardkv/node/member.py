@@ -1282,10 +1282,25 @@ class Member:
             self._revoking.discard(lease_id)
 
     async def _watch_loop(self) -> None:
+        """etcd's syncWatchersLoop: watchers behind catch up from storage one bounded step at
+        a time. After a step that left work, wait as long as the step took ("be fair to other
+        store operations by yielding time taken"); otherwise until the hub wants a step (a
+        stream with watchers behind has room again, a watch starts in the past) or 100 ms."""
+        wanted = asyncio.Event()
+        self.hub.on_sync_wanted = wanted.set
         last_progress = time.monotonic()
         while not self._stopping:
-            await asyncio.sleep(WATCH_SYNC_INTERVAL)
-            self.hub.sync_unsynced()
+            wanted.clear()
+            began = time.monotonic()
+            more = self.hub.sync_unsynced()
+            took = time.monotonic() - began
+            if more:
+                await asyncio.sleep(took)
+            else:
+                try:
+                    await asyncio.wait_for(wanted.wait(), WATCH_SYNC_INTERVAL)
+                except asyncio.TimeoutError:
+                    pass
             if time.monotonic() - last_progress >= PROGRESS_NOTIFY_INTERVAL:
                 self.hub.progress()
                 last_progress = time.monotonic()

@@ -109,10 +109,3 @@ def _response_op(r: kv.ResponseOp) -> pb.ResponseOp:
 def txn_response(r: kv.TxnResponse, h: pb.ResponseHeader) -> pb.TxnResponse:
     return pb.TxnResponse(header=h, succeeded=r.succeeded,
                           responses=[_response_op(o) for o in r.responses])
-
-
-def watch_response(r: kv.WatchResponse, h: pb.ResponseHeader) -> pb.WatchResponse:
-    return pb.WatchResponse(header=h, watch_id=r.watch_id, created=r.created,
-                            canceled=r.canceled, compact_revision=r.compact_revision,
-                            cancel_reason=r.cancel_reason, fragment=r.fragment,
-                            events=[event(e) for e in r.events])

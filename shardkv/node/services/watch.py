@@ -3,6 +3,7 @@ requests into hub calls; the handler itself sends whatever the stream's watchers
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import Callable
 
 import grpc
@@ -11,12 +12,13 @@ from shardkv.api import errors
 from shardkv.api.etcdserverpb import rpc_pb2 as pb
 from shardkv.api.etcdserverpb import rpc_pb2_grpc
 from shardkv.mvcc import kv
-from shardkv.mvcc.watch import Watcher
+from shardkv.mvcc.watch import Events, Watcher
 from shardkv.node.member import Member
 from shardkv.node.services import convert
 from shardkv.raft import NONE
 
 PROGRESS_WATCH_ID = -1  # etcd 3.4: a progress response is broadcast to every watch channel
+CTRL_STREAM_BUF_LEN = 16  # etcd's ctrlStreamBufLen
 
 
 class WatchService(rpc_pb2_grpc.WatchServicer):
@@ -66,20 +68,39 @@ def _requires_leader(context: grpc.aio.ServicerContext) -> bool:
 
 
 class _Stream:
+    """One Watch call: its hub stream (the watchers' queued responses, bounded by the hub) and
+    the service's own responses (progress, duplicate ids), sent in order of queueing per
+    watcher. Responses go out only while the client keeps up: the rest stays queued in the hub,
+    whose watchers fall back to catching up from storage when the queue is full."""
+
     def __init__(self, member: Member, push: Callable[[bytes], bool] | None = None) -> None:
         self.m = member
         self.ready = asyncio.Event()  # the handler task has something to do
+        self.room = asyncio.Event()  # the reader may take the next request
+        self.room.set()
         self.push = push
         self.flush_scheduled = False
         self.blocked = False  # pushing waits until the client has read what is queued
         self.closed = False
-        self.watchers: dict[int, Watcher] = {}
-        self.control: list[pb.WatchResponse] = []
+        self.hub_stream = member.hub.new_stream(on_ready=self.wake)
+        self.control: deque[pb.WatchResponse] = deque()
         self.fragmented: set[int] = set()  # watch ids created with fragment=true
+
+    @property
+    def watchers(self) -> dict[int, Watcher]:
+        return self.hub_stream.watchers
+
+    def backlogged(self) -> bool:
+        """etcd's ctrlStream holds 16 responses; while it is full, etcd reads no more requests
+        of the stream: a client that does not read cannot pile up created/canceled responses."""
+        return len(self.control) + self.hub_stream.control >= CTRL_STREAM_BUF_LEN
 
     async def read(self, request_iterator) -> None:
         try:
             async for req in request_iterator:
+                while self.backlogged() and not self.closed:
+                    self.room.clear()
+                    await self.room.wait()
                 if self.m.unsettled and req.HasField("create_request"):
                     await self.m.settled()  # a watch from "now" starts after writes answered
                 self._handle(req)
@@ -106,7 +127,7 @@ class _Stream:
                                        filters=list(c.filters), prev_kv=c.prev_kv,
                                        watch_id=c.watch_id, fragment=c.fragment)
         try:
-            watcher = self.m.hub.watch(create, on_ready=self.wake)
+            watcher = self.m.hub.watch(create, stream=self.hub_stream)
         except ValueError:
             # etcd: a create for a watch id in use answers created+canceled
             self.control.append(pb.WatchResponse(header=convert.header(self.m.header()),
@@ -115,10 +136,8 @@ class _Stream:
                                                  cancel_reason="etcdserver: duplicate watch ID"))
             self.wake()
             return
-        self.watchers[watcher.id] = watcher
         if c.fragment:
             self.fragmented.add(watcher.id)
-        self.wake()
 
     def wake(self) -> None:
         """Responses are waiting: push them from a loop callback, or wake the handler task."""
@@ -129,41 +148,106 @@ class _Stream:
             asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
-        """Push every waiting response; if the client falls behind, the handler task waits
+        """Push waiting responses until the client falls behind; the handler task then waits
         for it and flushes again."""
         self.flush_scheduled = False
         if self.closed or self.blocked:
             return
-        for resp in self.drain():
-            if not self.push(resp.SerializeToString()):
-                self.blocked = True
+        encoder = _Encoder(self.m)
+        while not self.blocked:
+            payloads = self._next(encoder)
+            if payloads is None:
+                break
+            for payload in payloads:
+                if not self.push(payload):
+                    self.blocked = True
         if self.blocked:
             self.ready.set()
+        if not self.backlogged():
+            self.room.set()
 
     def drain(self) -> list[pb.WatchResponse]:
-        out, self.control = self.control, []
-        header = convert.header(self.m.header())
-        for watch_id, watcher in list(self.watchers.items()):
-            for resp in watcher.take():
-                h = pb.ResponseHeader()
-                h.CopyFrom(header)
-                h.revision = resp.header.revision or h.revision
-                msg = convert.watch_response(resp, h)
-                if watch_id in self.fragmented:
-                    out.extend(fragments(msg, self.m.cfg.max_request_bytes))
-                else:
-                    out.append(msg)
-                if resp.canceled:
-                    self.watchers.pop(watch_id, None)
-                    self.fragmented.discard(watch_id)
-        self.m.hub.sync_unsynced()  # drained buffers may let unsynced watchers catch up
+        """Everything waiting, as messages (for grpc.aio, which sends what the handler yields
+        and waits while the client is behind)."""
+        encoder = _Encoder(self.m)
+        out = []
+        while (payloads := self._next(encoder)) is not None:
+            out.extend(pb.WatchResponse.FromString(p) for p in payloads)
+        self.room.set()
         return out
+
+    def _next(self, encoder: _Encoder) -> list[bytes] | None:
+        """The next waiting response, encoded (several messages if fragmented), or None."""
+        if self.control:
+            return [self.control.popleft().SerializeToString()]
+        resp = self.hub_stream.pop()
+        if resp is None:
+            return None
+        payload = encoder.encode(resp)
+        if resp.canceled:
+            self.fragmented.discard(resp.watch_id)
+        elif resp.watch_id in self.fragmented and len(payload) > self.m.cfg.max_request_bytes:
+            msg = pb.WatchResponse.FromString(payload)
+            return [f.SerializeToString() for f in fragments(msg, self.m.cfg.max_request_bytes)]
+        return [payload]
 
     def close(self) -> None:
         self.closed = True
-        for watch_id in list(self.watchers):
-            self.m.hub.cancel(watch_id)
-        self.watchers.clear()
+        self.room.set()
+        self.m.hub.close_stream(self.hub_stream)
+
+
+class _Encoder:
+    """WatchResponse bytes from the hub's responses. The events are encoded once per shared
+    ``Events`` list (every watcher that selected them gets the same bytes) and appended to each
+    watcher's own envelope: concatenated protobuf messages merge, repeated fields append. The
+    envelope (header, watch id, flags) is written by hand: building a message per response
+    would cost more than the rest of a small response's delivery."""
+
+    def __init__(self, member: Member) -> None:
+        self.base = member.header()
+        self.headers: dict[int, bytes] = {}  # revision -> header field, for this flush
+
+    def encode(self, resp: kv.WatchResponse) -> bytes:
+        rev = resp.header.revision or self.base.revision
+        header = self.headers.get(rev)
+        if header is None:
+            b = self.base
+            raw = pb.ResponseHeader(cluster_id=b.cluster_id, member_id=b.member_id,
+                                    revision=rev, raft_term=b.raft_term).SerializeToString()
+            header = self.headers[rev] = b"\x0a" + _varint(len(raw)) + raw  # field 1
+        out = header
+        if resp.watch_id:
+            out += b"\x10" + _varint(resp.watch_id)  # field 2, int64
+        if resp.created:
+            out += b"\x18\x01"  # field 3
+        if resp.canceled:
+            out += b"\x20\x01"  # field 4
+        if resp.compact_revision:
+            out += b"\x28" + _varint(resp.compact_revision)  # field 5, int64
+        if resp.cancel_reason:
+            reason = resp.cancel_reason.encode()
+            out += b"\x32" + _varint(len(reason)) + reason  # field 6
+        events: Events = resp.events  # the hub's responses with events carry an Events list
+        if not events:
+            return out
+        if events.encoded is None:  # repeated field 11
+            events.encoded = pb.WatchResponse(events=[convert.event(e) for e in events]) \
+                .SerializeToString()
+        return out + events.encoded
+
+
+def _varint(value: int) -> bytes:
+    """Protobuf's base-128 varint; a negative int64 as its 64-bit two's complement."""
+    if 0 <= value < 0x80:
+        return bytes((value,))
+    value &= 0xFFFFFFFFFFFFFFFF
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def fragments(msg: pb.WatchResponse, limit: int) -> list[pb.WatchResponse]:
