@@ -11,7 +11,23 @@ It is a drop-in for the part of ``grpc.aio.Server`` that generated ``add_*Servic
 functions and our servicers use: handlers are grpcio's ``RpcMethodHandler`` objects (unary and
 streaming both ways), and the context offers ``abort``, ``set_code``, ``set_details``,
 ``invocation_metadata``, ``time_remaining`` and ``peer``. Not supported: message compression
-(answered UNIMPLEMENTED), TLS (the caller keeps grpcio for that)."""
+(answered UNIMPLEMENTED), TLS (the caller keeps grpcio for that).
+
+Every client is hostile until proven otherwise, so what one connection may hold is bounded, and
+so is the work one read of its socket makes (RFC 9113's rules, grpc-go's limits):
+- a frame longer than our SETTINGS_MAX_FRAME_SIZE is refused at its 9-byte header;
+- a header block (HEADERS and its CONTINUATIONs) larger than MAX_HEADER_LIST_SIZE ends the
+  connection; a decoded header list larger than that resets the stream (the size counted as
+  decoding goes, so an HPACK bomb never expands);
+- MAX_CONCURRENT_STREAMS streams at most (a stream reset by the client counts until its
+  handler has returned, so HEADERS + RST_STREAM cannot start calls without end);
+- the receive windows are enforced; a streaming call's window is only reopened while its
+  handler keeps up with the messages already received;
+- SETTINGS values outside the RFC's ranges end the connection; applying a SETTINGS frame costs
+  one step per distinct setting, whatever the number of streams;
+- while more than OUT_HIGH_WATER bytes of output wait for a client, nothing more is read from
+  it (a PING or SETTINGS flood from a client that never reads stops there), and a client that
+  reads nothing for ``write_stall_timeout`` seconds is disconnected."""
 from __future__ import annotations
 
 import asyncio
@@ -23,15 +39,38 @@ from typing import Any, AsyncIterator
 
 import grpc
 
+from shardkv import rejected
 from shardkv.grpcwire import http2 as h2
-from shardkv.grpcwire.hpack_decode import Decoder, HPACKError
+from shardkv.grpcwire.hpack_decode import Decoder, HeaderListTooLarge, HPACKError
 from shardkv.trace import tr
 
 log = logging.getLogger(__name__)
 
-STREAM_WINDOW = 1 << 24  # what a client may send on one stream before we ack it
-CONN_WINDOW = 1 << 30
+# What a client may send on one stream before we reopen its window. A unary request is taken
+# whole (it is refused beyond the server's max_receive), so its window is reopened as data
+# arrives; a streaming call's only while its handler keeps up. 1 MiB keeps a 1.5 MiB Put to
+# one window update on the way.
+STREAM_WINDOW = 1 << 20
+# What a client may send on the connection before we reopen its window (reopened as data
+# arrives: what a connection holds is bounded per stream, see above).
+CONN_WINDOW = 1 << 24
+# The default of etcd's --max-concurrent-streams here. etcd's is unlimited (math.MaxUint32);
+# RFC 9113 6.5.2 asks for no less than 100, and with 100 a connection's request data is held to
+# 100 times the largest request (max-request-bytes + 512 KiB, ~200 MiB at etcd's defaults).
+# Clients queue calls beyond it (etcd's clientv3 multiplexes its watches on one stream).
+MAX_CONCURRENT_STREAMS = 100
+# SETTINGS_MAX_HEADER_LIST_SIZE (RFC 9113 6.5.2), also the most a header block may take before
+# it is decoded. grpc-go allows 16 MiB, grpc's C core 8-16 KiB; etcd's clients send well under
+# 1 KiB (an auth token is the largest field).
+MAX_HEADER_LIST_SIZE = 64 * 1024
+MAX_FRAME_SIZE = h2.DEFAULT_MAX_FRAME  # what we read (we advertise none: the RFC's default)
+OUT_HIGH_WATER = 1 << 20  # stop reading a client while more output than this waits for it
+WRITE_STALL_TIMEOUT = 60.0  # disconnect a client whose output has not moved for this long
+# Client connections at most (etcd has no limit; a member at its file descriptor limit stops
+# serving every client): connections beyond it are closed at once.
+MAX_CONNECTIONS = 10_000
 SEND_HIGH_WATER = 256 * 1024  # a streaming handler waits while more than this is unsent
+LISTEN_BACKLOG = 1024
 _HEADER_CACHE_MAX = 512
 _MSG_PREFIX = struct.Struct(">BI")
 _OK_TRAILERS = h2.status_block(0, "")
@@ -100,8 +139,8 @@ class Stream:
     """One call: its request bytes or messages, its send window and what is still unsent."""
 
     __slots__ = ("conn", "id", "handler", "metadata", "deadline", "timer", "task", "data",
-                 "requests", "request_ended", "headers_sent", "send_window", "pending",
-                 "trailers", "drained", "reset", "expired", "recv_unacked")
+                 "requests", "queued", "request_ended", "headers_sent", "send_credit",
+                 "pending", "trailers", "drained", "reset", "expired", "recv_window")
 
     def __init__(self, conn: "Connection", stream_id: int) -> None:
         self.conn = conn
@@ -113,15 +152,18 @@ class Stream:
         self.task: asyncio.Task | None = None
         self.data = bytearray()
         self.requests: asyncio.Queue | None = None
+        self.queued = 0  # bytes of the request messages its handler has not taken yet
         self.request_ended = False
         self.headers_sent = False
-        self.send_window = conn.peer_initial_window
+        # The stream's send window is conn.peer_initial_window + send_credit: a change of the
+        # client's initial window (SETTINGS) then costs nothing per stream.
+        self.send_credit = 0
         self.pending = bytearray()
         self.trailers: bytes | None = None
         self.drained: asyncio.Event | None = None
         self.reset = False  # the client reset the stream or the connection went away
         self.expired = False  # the call's deadline passed
-        self.recv_unacked = 0
+        self.recv_window = STREAM_WINDOW
 
     def send_unary(self, payload: bytes) -> None:
         """Headers, the one response message and OK trailers, in one go when windows allow."""
@@ -130,9 +172,9 @@ class Stream:
             return  # the client gave up on the call
         conn = self.conn
         n = 5 + len(payload)
-        if not self.pending and n <= self.send_window and n <= conn.send_window \
-                and n <= conn.peer_max_frame:
-            self.send_window -= n
+        if not self.pending and n <= conn.peer_initial_window + self.send_credit \
+                and n <= conn.send_window and n <= conn.peer_max_frame:
+            self.send_credit -= n
             conn.send_window -= n
             sid = self.id
             conn.queue(h2.frame(h2.HEADERS, h2.END_HEADERS, sid, h2.RESPONSE_HEADERS)
@@ -199,15 +241,19 @@ class Connection(asyncio.Protocol):
         self.header_cache: dict[bytes, tuple] = {}
         self.continuation: list | None = None  # [stream id, flags, block so far]
         self.out: list[bytes] = []
+        self.out_size = 0  # bytes in ``out``
         self.flush_scheduled = False
         self.receiving = False  # in data_received: what it queues is flushed after its calls
+        self.backlog = False  # frames left unparsed in ``buf`` while output was too high
         self.send_window = h2.DEFAULT_WINDOW
         self.peer_initial_window = h2.DEFAULT_WINDOW
         self.peer_max_frame = h2.DEFAULT_MAX_FRAME
-        self.recv_unacked = 0
+        self.recv_window = CONN_WINDOW
+        self.running = 0  # handler tasks not yet returned (reset streams' too)
         self.blocked: dict[int, Stream] = {}
         self.writable = asyncio.Event()
         self.writable.set()
+        self.stall_timer: asyncio.TimerHandle | None = None
         self.closed = False
 
     # --- asyncio.Protocol ---------------------------------------------------------------
@@ -218,8 +264,16 @@ class Connection(asyncio.Protocol):
         if isinstance(peer, tuple):
             family = "ipv6" if ":" in peer[0] else "ipv4"
             self.peer = f"{family}:{peer[0]}:{peer[1]}"
+        if len(self.server.connections) >= self.server.max_connections:
+            rejected.count("http2", "too many connections", log,
+                           f"{self.peer}: {self.server.max_connections} client connections open")
+            self.closed = True
+            transport.abort()
+            return
         self.server.connections.add(self)
-        self.queue(h2.settings([(h2.SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW),
+        self.queue(h2.settings([(h2.SETTINGS_MAX_CONCURRENT_STREAMS, self.server.max_streams),
+                                (h2.SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW),
+                                (h2.SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST_SIZE),
                                 (h2.SETTINGS_ENABLE_PUSH, 0)])
                    + h2.window_update(0, CONN_WINDOW - h2.DEFAULT_WINDOW))
 
@@ -231,12 +285,40 @@ class Connection(asyncio.Protocol):
         self.streams.clear()
         self.blocked.clear()
         self.writable.set()
+        if self.stall_timer is not None:
+            self.stall_timer.cancel()
 
     def pause_writing(self) -> None:
+        """The client is not taking our output: read nothing more from it until it does (what
+        it sends could only add output), and give up on it after write_stall_timeout."""
         self.writable.clear()
+        self.transport.pause_reading()
+        self.stall_timer = self.loop.call_later(self.server.write_stall_timeout,
+                                                self._write_stalled)
 
     def resume_writing(self) -> None:
         self.writable.set()
+        if self.stall_timer is not None:
+            self.stall_timer.cancel()
+            self.stall_timer = None
+        if self.backlog:
+            self.loop.call_soon(self._continue)
+        else:
+            self.transport.resume_reading()
+
+    def _write_stalled(self) -> None:
+        rejected.count("http2", "client not reading", log,
+                       f"{self.peer}: no output taken for {self.server.write_stall_timeout} s")
+        self.closed = True
+        self.transport.abort()
+
+    def _continue(self) -> None:
+        """Parse the frames left in ``buf`` when output went over OUT_HIGH_WATER."""
+        if self.closed or not self.backlog or not self.writable.is_set():
+            return
+        self.backlog = False
+        self.transport.resume_reading()
+        self.data_received(b"")
 
     def data_received(self, data: bytes) -> None:
         tr("rx")
@@ -268,21 +350,30 @@ class Connection(asyncio.Protocol):
                 self.buf = bytearray(buf)
                 return
             if not buf.startswith(h2.PREFACE):
-                self._fail(h2.PROTOCOL_ERROR)
+                self._fail(h2.PROTOCOL_ERROR, "no HTTP/2 preface")
                 return
             self.preface_seen = True
             pos = len(h2.PREFACE)
         n = len(buf)
         handlers = self._frame_handlers
         while n - pos >= 9 and not self.closed:
+            if self.out_size > OUT_HIGH_WATER:
+                # What the frames made us queue has not left yet: stop here (the client
+                # does not read, or it floods us with frames that each want an answer).
+                self.backlog = True
+                self.transport.pause_reading()
+                break
             length, kind, flags, sid = h2.parse_head(buf, pos)
+            if length > MAX_FRAME_SIZE:
+                self._fail(h2.FRAME_SIZE_ERROR, "frame too large", f"{length} bytes")
+                return
             end = pos + 9 + length
             if end > n:
                 break
             payload = buf[pos + 9:end]
             pos = end
             if self.continuation is not None and kind != h2.CONTINUATION:
-                self._fail(h2.PROTOCOL_ERROR)
+                self._fail(h2.PROTOCOL_ERROR, "header block interrupted")
                 return
             handler = handlers.get(kind)
             if handler is not None:
@@ -296,31 +387,59 @@ class Connection(asyncio.Protocol):
     # --- frames ---------------------------------------------------------------------------
 
     def _on_data(self, flags: int, sid: int, payload: bytes) -> None:
-        self.recv_unacked += len(payload)
-        if self.recv_unacked >= CONN_WINDOW // 2:
-            self.queue(h2.window_update(0, self.recv_unacked))
-            self.recv_unacked = 0
+        size = len(payload)  # padding counts against the windows too
+        self.recv_window -= size
+        if self.recv_window <= CONN_WINDOW // 2:
+            if self.recv_window < 0:
+                self._fail(h2.FLOW_CONTROL_ERROR, "data beyond the connection window")
+                return
+            self.queue(h2.window_update(0, CONN_WINDOW - self.recv_window))
+            self.recv_window = CONN_WINDOW
         stream = self.streams.get(sid)
         if stream is None or stream.request_ended:
+            if sid == 0 or sid > self.last_stream_id:
+                self._fail(h2.PROTOCOL_ERROR, "DATA on an idle stream", f"stream {sid}")
+            return  # a stream we closed: what was in flight
+        stream.recv_window -= size
+        if stream.recv_window < 0:
+            self._reset(stream, h2.FLOW_CONTROL_ERROR, "data beyond the stream window")
             return
-        stream.recv_unacked += len(payload)  # padding counts against the window too
         if flags & h2.PADDED:
             payload = h2.strip_padding(flags, payload)
-        stream.data += payload
-        if stream.requests is None and len(stream.data) > self.server.max_receive + 5:
-            self._too_large(stream)
-            return
-        if stream.recv_unacked >= STREAM_WINDOW // 2 and not flags & h2.END_STREAM:
-            self.queue(h2.window_update(sid, stream.recv_unacked))
-            stream.recv_unacked = 0
-        if stream.requests is not None:
+            if payload is None:
+                self._fail(h2.PROTOCOL_ERROR, "padding longer than the frame")
+                return
+        data = stream.data
+        data += payload
+        if stream.requests is None:
+            # Refused as soon as the message's length is known, not once it is all here.
+            if len(data) > self.server.max_receive + 5 or len(data) >= 5 \
+                    and _MSG_PREFIX.unpack_from(data, 0)[1] > self.server.max_receive:
+                self._too_large(stream)
+                return
+        else:
             self._feed_requests(stream)
+            if stream.reset:
+                return
         if flags & h2.END_STREAM:
             self._end_of_request(stream)
+        elif stream.recv_window <= STREAM_WINDOW // 2 and stream.queued < STREAM_WINDOW:
+            self._reopen(stream)
+
+    def _reopen(self, stream: Stream) -> None:
+        """Give the client back the stream window it used."""
+        self.queue(h2.window_update(stream.id, STREAM_WINDOW - stream.recv_window))
+        stream.recv_window = STREAM_WINDOW
 
     def _on_headers(self, flags: int, sid: int, payload: bytes) -> None:
+        if sid == 0:
+            self._fail(h2.PROTOCOL_ERROR, "HEADERS on stream 0")
+            return
         if flags & h2.PADDED:
             payload = h2.strip_padding(flags, payload)
+            if payload is None:
+                self._fail(h2.PROTOCOL_ERROR, "padding longer than the frame")
+                return
         if flags & h2.PRIORITY_FLAG:
             payload = payload[5:]
         if flags & h2.END_HEADERS:
@@ -331,34 +450,64 @@ class Connection(asyncio.Protocol):
     def _on_continuation(self, flags: int, sid: int, payload: bytes) -> None:
         cont = self.continuation
         if cont is None or cont[0] != sid:
-            self._fail(h2.PROTOCOL_ERROR)
+            self._fail(h2.PROTOCOL_ERROR, "CONTINUATION out of place")
             return
         cont[2] += payload
+        if len(cont[2]) > MAX_HEADER_LIST_SIZE:
+            # Not decoded, so the HPACK state is lost: the connection ends (RFC 9113 10.5.1).
+            self._fail(h2.ENHANCE_YOUR_CALM, "header block too large",
+                       f"over {MAX_HEADER_LIST_SIZE} bytes")
+            return
         if flags & h2.END_HEADERS:
             self.continuation = None
             self._on_header_block(cont[1], sid, bytes(cont[2]))
 
     def _on_rst_stream(self, flags: int, sid: int, payload: bytes) -> None:
+        if len(payload) != 4 or sid == 0:
+            self._fail(h2.FRAME_SIZE_ERROR if sid else h2.PROTOCOL_ERROR, "bad RST_STREAM")
+            return
         stream = self.streams.pop(sid, None)
         if stream is not None:
             self.blocked.pop(sid, None)
             self._cancel(stream)
 
     def _on_settings(self, flags: int, sid: int, payload: bytes) -> None:
-        if flags & h2.ACK:
+        if sid != 0:
+            self._fail(h2.PROTOCOL_ERROR, "SETTINGS on a stream")
             return
-        for key, value in h2.parse_settings(payload):
-            if key == h2.SETTINGS_INITIAL_WINDOW_SIZE:
-                delta = value - self.peer_initial_window
-                self.peer_initial_window = value
-                for stream in self.streams.values():
-                    stream.send_window += delta
-            elif key == h2.SETTINGS_MAX_FRAME_SIZE:
-                self.peer_max_frame = value
+        if flags & h2.ACK:
+            if payload:
+                self._fail(h2.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+            return
+        if len(payload) % 6:
+            self._fail(h2.FRAME_SIZE_ERROR, "SETTINGS of a bad length")
+            return
+        # At most MAX_FRAME_SIZE / 6 settings; the last value of each is the one that counts.
+        settings = h2.parse_settings(payload)
+        push = settings.get(h2.SETTINGS_ENABLE_PUSH, 0)
+        window = settings.get(h2.SETTINGS_INITIAL_WINDOW_SIZE, self.peer_initial_window)
+        frame_size = settings.get(h2.SETTINGS_MAX_FRAME_SIZE, self.peer_max_frame)
+        if push > 1:
+            self._fail(h2.PROTOCOL_ERROR, "bad SETTINGS value", f"ENABLE_PUSH {push}")
+            return
+        if window > h2.MAX_WINDOW:
+            self._fail(h2.FLOW_CONTROL_ERROR, "bad SETTINGS value",
+                       f"INITIAL_WINDOW_SIZE {window}")
+            return
+        if not h2.DEFAULT_MAX_FRAME <= frame_size <= h2.MAX_FRAME_LIMIT:
+            self._fail(h2.PROTOCOL_ERROR, "bad SETTINGS value", f"MAX_FRAME_SIZE {frame_size}")
+            return
+        grew = window > self.peer_initial_window
+        self.peer_initial_window = window
+        self.peer_max_frame = frame_size
         self.queue(h2.frame(h2.SETTINGS, h2.ACK, 0))
-        self._unblock()
+        if grew:
+            self._unblock()
 
     def _on_ping(self, flags: int, sid: int, payload: bytes) -> None:
+        if len(payload) != 8 or sid != 0:
+            self._fail(h2.FRAME_SIZE_ERROR if sid == 0 else h2.PROTOCOL_ERROR, "bad PING")
+            return
         if not flags & h2.ACK:
             self.queue(h2.frame(h2.PING, h2.ACK, 0, payload))
 
@@ -366,21 +515,35 @@ class Connection(asyncio.Protocol):
         pass  # the client closes the connection when its calls are done
 
     def _on_window_update(self, flags: int, sid: int, payload: bytes) -> None:
-        increment = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+        if len(payload) != 4:
+            self._fail(h2.FRAME_SIZE_ERROR, "bad WINDOW_UPDATE")
+            return
+        increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
         if sid == 0:
             self.send_window += increment
+            if increment == 0 or self.send_window > h2.MAX_WINDOW:
+                self._fail(h2.PROTOCOL_ERROR if increment == 0 else h2.FLOW_CONTROL_ERROR,
+                           "bad WINDOW_UPDATE", f"connection, increment {increment}")
+                return
             self._unblock()
             return
         stream = self.streams.get(sid)
         if stream is not None:
-            stream.send_window += increment
+            stream.send_credit += increment
+            if increment == 0 or self.peer_initial_window + stream.send_credit > h2.MAX_WINDOW:
+                self._reset(stream, h2.PROTOCOL_ERROR if increment == 0
+                            else h2.FLOW_CONTROL_ERROR, "bad WINDOW_UPDATE")
+                return
             if self.blocked.pop(sid, None) is not None:
                 self.flush_stream(stream)
+
+    def _on_push_promise(self, flags: int, sid: int, payload: bytes) -> None:
+        self._fail(h2.PROTOCOL_ERROR, "PUSH_PROMISE from a client")
 
     _frame_handlers = {h2.DATA: _on_data, h2.HEADERS: _on_headers,
                        h2.CONTINUATION: _on_continuation, h2.RST_STREAM: _on_rst_stream,
                        h2.SETTINGS: _on_settings, h2.PING: _on_ping, h2.GOAWAY: _on_goaway,
-                       h2.WINDOW_UPDATE: _on_window_update}
+                       h2.WINDOW_UPDATE: _on_window_update, h2.PUSH_PROMISE: _on_push_promise}
 
     # --- calls ----------------------------------------------------------------------------
 
@@ -388,8 +551,17 @@ class Connection(asyncio.Protocol):
         tr("hdr0")
         try:
             path, metadata, timeout = self._decode(block)
-        except HPACKError:
-            self._fail(h2.COMPRESSION_ERROR)
+        except HPACKError as exc:
+            self._fail(h2.COMPRESSION_ERROR, "bad header block", str(exc))
+            return
+        except HeaderListTooLarge as exc:
+            # as grpc-go: the stream is reset, the connection (its HPACK state intact) lives on
+            stream = self.streams.get(sid)
+            if stream is not None:
+                self._reset(stream, h2.FRAME_SIZE_ERROR, "header list too large")
+            elif sid > self.last_stream_id and sid % 2:
+                self.last_stream_id = sid
+                self._refuse(sid, h2.FRAME_SIZE_ERROR, "header list too large", str(exc))
             return
         tr("hdr1")
         stream = self.streams.get(sid)
@@ -398,9 +570,15 @@ class Connection(asyncio.Protocol):
                 self._end_of_request(stream)
             return
         if sid <= self.last_stream_id or sid % 2 == 0:
-            self._fail(h2.PROTOCOL_ERROR)
+            self._fail(h2.PROTOCOL_ERROR, "bad stream id",
+                       f"HEADERS on {sid}, last {self.last_stream_id}")
             return
         self.last_stream_id = sid
+        limit = self.server.max_streams
+        if len(self.streams) >= limit or self.running >= limit:
+            self._refuse(sid, h2.REFUSED_STREAM, "too many streams",
+                         f"more than {limit} concurrent streams")
+            return
         stream = Stream(self, sid)
         self.streams[sid] = stream
         stream.metadata = metadata
@@ -432,7 +610,7 @@ class Connection(asyncio.Protocol):
             return cached
         generation = self.decoder.generation
         path, timeout, metadata = "", None, []
-        for name, value in self.decoder.decode(block):
+        for name, value in self.decoder.decode(block, MAX_HEADER_LIST_SIZE):
             if name == b":path":
                 path = value.decode()
             elif name == b"grpc-timeout":
@@ -484,7 +662,8 @@ class Connection(asyncio.Protocol):
             message = bytes(data[pos + 5:pos + 5 + length])
             pos += 5 + length
             try:
-                stream.requests.put_nowait(deserialize(message))
+                stream.requests.put_nowait((5 + length, deserialize(message)))
+                stream.queued += 5 + length
             except Exception:
                 stream.finish(grpc.StatusCode.INTERNAL.value[0],
                               "Exception deserializing request!")
@@ -499,7 +678,13 @@ class Connection(asyncio.Protocol):
             item = await queue.get()
             if item is _END:
                 return
-            yield item
+            size, request = item
+            stream.queued -= size
+            # The window stays shut while the handler is behind (see _on_data).
+            if stream.recv_window <= STREAM_WINDOW // 2 and stream.queued < STREAM_WINDOW \
+                    and not stream.request_ended and not stream.reset:
+                self._reopen(stream)
+            yield request
 
     def _start(self, stream: Stream, request: Any) -> None:
         handler = stream.handler
@@ -509,6 +694,7 @@ class Connection(asyncio.Protocol):
                 request_deserializer=handler.request_deserializer or _same,
                 response_serializer=handler.response_serializer or _same)
         stream.data = bytearray()
+        self.running += 1  # until the task returns (see _on_header_block)
         if handler.response_streaming:
             stream.task = self.loop.create_task(self._streaming(stream, handler, request))
         else:
@@ -540,6 +726,7 @@ class Connection(asyncio.Protocol):
             context.code = grpc.StatusCode.UNKNOWN
             context.details = f"Unexpected {type(exc)}: {exc}"
         finally:
+            self.running -= 1
             if stream.timer is not None:
                 stream.timer.cancel()
         stream.finish(context.code.value[0], context.details)
@@ -566,6 +753,7 @@ class Connection(asyncio.Protocol):
             log.exception("Exception iterating responses: %s", exc)
             stream.finish(grpc.StatusCode.UNKNOWN.value[0], f"Unexpected {type(exc)}: {exc}")
         finally:
+            self.running -= 1
             if stream.timer is not None:
                 stream.timer.cancel()
 
@@ -598,6 +786,7 @@ class Connection(asyncio.Protocol):
 
     def queue(self, data: bytes) -> None:
         self.out.append(data)
+        self.out_size += len(data)
         if not self.flush_scheduled and not self.receiving:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)
@@ -605,21 +794,25 @@ class Connection(asyncio.Protocol):
     def _flush(self) -> None:
         self.flush_scheduled = False
         out, self.out = self.out, []
+        self.out_size = 0
         if not self.closed and self.transport is not None:
             self.transport.write(b"".join(out))
             tr("write")
+            if self.backlog:
+                self.loop.call_soon(self._continue)
 
     def flush_stream(self, stream: Stream) -> None:
         """Send what the windows allow of a stream's unsent data, then its trailers."""
         pending = stream.pending
         while pending:
-            n = min(len(pending), stream.send_window, self.send_window, self.peer_max_frame)
+            n = min(len(pending), self.peer_initial_window + stream.send_credit,
+                    self.send_window, self.peer_max_frame)
             if n <= 0:
                 self.blocked[stream.id] = stream
                 return
             chunk = bytes(pending[:n])
             del pending[:n]
-            stream.send_window -= n
+            stream.send_credit -= n
             self.send_window -= n
             self.queue(h2.frame(h2.DATA, 0, stream.id, chunk))
         if stream.drained is not None:
@@ -643,17 +836,55 @@ class Connection(asyncio.Protocol):
             if self.send_window <= 0:
                 break
 
-    def _fail(self, code: int) -> None:
+    def _reset(self, stream: Stream, code: int, reason: str) -> None:
+        """A stream error (RFC 9113 5.4.2): the call ends, the connection lives on."""
+        rejected.count("http2", reason, log, self.peer)
+        self.streams.pop(stream.id, None)
+        self.blocked.pop(stream.id, None)
+        self._cancel(stream)
+        self.queue(h2.rst_stream(stream.id, code))
+
+    def _refuse(self, sid: int, code: int, reason: str, detail: str) -> None:
+        """A new stream refused before anything was started for it."""
+        rejected.count("http2", reason, log, f"{self.peer}: {detail}")
+        self.queue(h2.rst_stream(sid, code))
+
+    def _fail(self, code: int, reason: str, detail: str = "") -> None:
+        """A connection error (RFC 9113 5.4.1): GOAWAY, then the connection closes."""
+        if code != h2.NO_ERROR:
+            rejected.count("http2", reason, log, f"{self.peer} {detail}")
         if self.transport is not None and not self.closed:
             self.transport.write(b"".join(self.out) + h2.goaway(self.last_stream_id, code))
             self.out = []
+            self.out_size = 0
             self.transport.close()
         self.closed = True
 
     def shutdown(self) -> None:
         """Server stop: tell the client, drop the connection, cancel its calls."""
-        self._fail(h2.NO_ERROR)
+        self._fail(h2.NO_ERROR, "shutdown")
         self.connection_lost(None)
+
+
+def _quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """Out of file descriptors, asyncio logs a traceback for every failed accept() (and tries
+    again a second later): count them and log one line per 10 s instead. Other errors go to the
+    handler that was there before."""
+    previous = loop.get_exception_handler()
+    if getattr(previous, "quiet_accept_errors", False):
+        return
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and context.get("message", "").startswith("socket.accept()"):
+            rejected.count("http2", "accept failed", log, str(exc))
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    handler.quiet_accept_errors = True  # type: ignore[attr-defined]
+    loop.set_exception_handler(handler)
 
 
 class _CallDetails(grpc.HandlerCallDetails):
@@ -666,9 +897,15 @@ class Server:
     """The subset of ``grpc.aio.Server`` that generated code and the node use."""
 
     def __init__(self, max_receive_message_length: int = 4 * 1024 * 1024,
-                 max_send_message_length: int = 2**31 - 1) -> None:
+                 max_send_message_length: int = 2**31 - 1,
+                 max_concurrent_streams: int = MAX_CONCURRENT_STREAMS,
+                 max_connections: int = MAX_CONNECTIONS,
+                 write_stall_timeout: float = WRITE_STALL_TIMEOUT) -> None:
         self.max_receive = max_receive_message_length
         self.max_send = max_send_message_length
+        self.max_streams = max_concurrent_streams
+        self.max_connections = max_connections
+        self.write_stall_timeout = write_stall_timeout
         self._registered: dict[str, Any] = {}
         self._generic: list[Any] = []
         self._sockets: list[socket.socket] = []
@@ -730,11 +967,12 @@ class Server:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        _quiet_accept_errors(loop)
         for sock in self._sockets:
-            sock.listen(1024)
             sock.setblocking(False)
-            self._listeners.append(
-                await loop.create_server(lambda: Connection(self), sock=sock))
+            # create_server listens again, with its own backlog (100) unless told
+            self._listeners.append(await loop.create_server(
+                lambda: Connection(self), sock=sock, backlog=LISTEN_BACKLOG))
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting; let calls in flight finish for up to ``grace`` seconds; then close
