@@ -71,6 +71,7 @@ WRITE_STALL_TIMEOUT = 60.0  # disconnect a client whose output has not moved for
 MAX_CONNECTIONS = 10_000
 SEND_HIGH_WATER = 256 * 1024  # a streaming handler waits while more than this is unsent
 LISTEN_BACKLOG = 1024
+GOAWAY_LINGER = 1.0  # seconds a connection we ended is still read (see Connection._fail)
 _HEADER_CACHE_MAX = 512
 _MSG_PREFIX = struct.Struct(">BI")
 _OK_TRAILERS = h2.status_block(0, "")
@@ -253,7 +254,7 @@ class Connection(asyncio.Protocol):
         self.blocked: dict[int, Stream] = {}
         self.writable = asyncio.Event()
         self.writable.set()
-        self.stall_timer: asyncio.TimerHandle | None = None
+        self.close_timer: asyncio.TimerHandle | None = None  # drops the connection when due
         self.closed = False
 
     # --- asyncio.Protocol ---------------------------------------------------------------
@@ -285,22 +286,26 @@ class Connection(asyncio.Protocol):
         self.streams.clear()
         self.blocked.clear()
         self.writable.set()
-        if self.stall_timer is not None:
-            self.stall_timer.cancel()
+        if self.close_timer is not None:
+            self.close_timer.cancel()
 
     def pause_writing(self) -> None:
         """The client is not taking our output: read nothing more from it until it does (what
         it sends could only add output), and give up on it after write_stall_timeout."""
+        if self.closed:
+            return
         self.writable.clear()
         self.transport.pause_reading()
-        self.stall_timer = self.loop.call_later(self.server.write_stall_timeout,
+        self.close_timer = self.loop.call_later(self.server.write_stall_timeout,
                                                 self._write_stalled)
 
     def resume_writing(self) -> None:
         self.writable.set()
-        if self.stall_timer is not None:
-            self.stall_timer.cancel()
-            self.stall_timer = None
+        if self.closed:
+            return
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+            self.close_timer = None
         if self.backlog:
             self.loop.call_soon(self._continue)
         else:
@@ -321,6 +326,8 @@ class Connection(asyncio.Protocol):
         self.data_received(b"")
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return  # after our GOAWAY: read and dropped until the connection ends
         tr("rx")
         # What the frames make us queue (PING and SETTINGS acks, window updates, errors) is
         # flushed two loop steps after they are all parsed: after the calls they started have
@@ -694,7 +701,6 @@ class Connection(asyncio.Protocol):
                 request_deserializer=handler.request_deserializer or _same,
                 response_serializer=handler.response_serializer or _same)
         stream.data = bytearray()
-        self.running += 1  # until the task returns (see _on_header_block)
         if handler.response_streaming:
             stream.task = self.loop.create_task(self._streaming(stream, handler, request))
         else:
@@ -703,6 +709,9 @@ class Connection(asyncio.Protocol):
     async def _unary(self, stream: Stream, handler: Any, request: Any) -> None:
         tr("task")
         context = Context(stream)
+        # Counted from the task's first step to its end, reset or not (see _on_header_block);
+        # a task cancelled before its first step never runs, nor is counted.
+        self.running += 1
         try:
             if handler.request_streaming:
                 response = await handler.stream_unary(request, context)
@@ -733,6 +742,7 @@ class Connection(asyncio.Protocol):
 
     async def _streaming(self, stream: Stream, handler: Any, request: Any) -> None:
         context = Context(stream)
+        self.running += 1  # as in _unary
         try:
             if handler.request_streaming:
                 responses = handler.stream_stream(request, context)
@@ -850,19 +860,27 @@ class Connection(asyncio.Protocol):
         self.queue(h2.rst_stream(sid, code))
 
     def _fail(self, code: int, reason: str, detail: str = "") -> None:
-        """A connection error (RFC 9113 5.4.1): GOAWAY, then the connection closes."""
-        if code != h2.NO_ERROR:
-            rejected.count("http2", reason, log, f"{self.peer} {detail}")
+        """A connection error (RFC 9113 5.4.1): GOAWAY, then the connection closes. Closing a
+        socket with unread input resets it, and the client would likely lose the GOAWAY: so
+        our side is shut first, and what still comes is read and dropped for GOAWAY_LINGER."""
+        rejected.count("http2", reason, log, f"{self.peer} {detail}")
         if self.transport is not None and not self.closed:
             self.transport.write(b"".join(self.out) + h2.goaway(self.last_stream_id, code))
             self.out = []
             self.out_size = 0
-            self.transport.close()
+            self.transport.write_eof()
+            self.transport.resume_reading()
+            if self.close_timer is not None:
+                self.close_timer.cancel()
+            self.close_timer = self.loop.call_later(GOAWAY_LINGER, self.transport.abort)
         self.closed = True
 
     def shutdown(self) -> None:
         """Server stop: tell the client, drop the connection, cancel its calls."""
-        self._fail(h2.NO_ERROR, "shutdown")
+        if self.transport is not None and not self.closed:
+            self.transport.write(b"".join(self.out) + h2.goaway(self.last_stream_id, h2.NO_ERROR))
+            self.transport.close()
+        self.closed = True
         self.connection_lost(None)
 
 
