@@ -17,9 +17,10 @@ class HPACKError(Exception):
     """A malformed header block: the connection must end (COMPRESSION_ERROR)."""
 
 
-class HeaderListTooLarge(Exception):
-    """The decoded header list is larger than the limit. The block was decoded to its end all
-    the same (the dynamic table stays in step with the peer's); only the stream is refused."""
+class HeaderListTooLarge(HPACKError):
+    """The decoded header list is larger than the limit. Decoding stopped there (the rest of
+    a block of small references to a large entry costs ~5 µs a byte), so the dynamic table is
+    out of step with the peer's: the connection must end too."""
 
 
 class Decoder:
@@ -31,10 +32,10 @@ class Decoder:
         self.generation = 0  # bumped whenever the dynamic table changes
 
     def decode(self, block: bytes, max_list_size: int) -> list[tuple[bytes, bytes]]:
-        """The fields of a header block. Raises HeaderListTooLarge when their size (RFC 9113
-        6.5.2: name, value and 32 bytes per field) passes ``max_list_size``: counted while
-        decoding, so that a block of small references to a large table entry (an "HPACK
-        bomb") never makes more than the limit's worth of fields."""
+        """The fields of a header block. Raises HeaderListTooLarge as soon as their size (RFC
+        9113 6.5.2: name, value and 32 bytes per field) passes ``max_list_size``: a block of
+        small references to a large table entry (an "HPACK bomb") never makes more than the
+        limit's worth of fields, nor costs more than that to decode."""
         fields = []
         room = max_list_size
         pos, end = 0, len(block)
@@ -62,12 +63,11 @@ class Decoder:
                     name, value, pos = self._literal(block, pos, 4)
                     field = (name, value)
                 room -= len(field[0]) + len(field[1]) + _ENTRY_OVERHEAD
-                if room >= 0:
-                    fields.append(field)
+                if room < 0:
+                    raise HeaderListTooLarge(f"header list larger than {max_list_size} bytes")
+                fields.append(field)
         except IndexError:
             raise HPACKError("truncated header block") from None
-        if room < 0:
-            raise HeaderListTooLarge(f"header list larger than {max_list_size} bytes")
         return fields
 
     def _get(self, index: int) -> tuple[bytes, bytes]:
