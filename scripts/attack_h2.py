@@ -37,6 +37,8 @@ from shardkv.api.etcdserverpb import rpc_pb2_grpc as rpc  # noqa: E402
 from shardkv.grpcwire import http2 as h2  # noqa: E402
 
 ATTACK_SECONDS = 15.0  # each attack's longest run
+RSS_CAP = 4 << 30  # an attack stops early once the member holds this much (a shared machine)
+TOO_BIG = threading.Event()  # set when the member reached RSS_CAP
 CODES = {0: "NO_ERROR", 1: "PROTOCOL_ERROR", 3: "FLOW_CONTROL_ERROR", 6: "FRAME_SIZE_ERROR",
          7: "REFUSED_STREAM", 8: "CANCEL", 9: "COMPRESSION_ERROR", 11: "ENHANCE_YOUR_CALM"}
 
@@ -101,35 +103,47 @@ def outcome(socks: list[socket.socket], limit: int = 8 << 20) -> str:
 
 
 def until(deadline: float) -> bool:
-    return time.monotonic() < deadline
+    return time.monotonic() < deadline and not TOO_BIG.is_set()
 
 
 # --- the attacks --------------------------------------------------------------------------------
 
 
+def reconnecting(addr, deadline, attack: Callable[[socket.socket], None]) -> str:
+    """Run ``attack`` on a connection; when the server ends it, on a new one, until the
+    deadline."""
+    results = []
+    while until(deadline):
+        s = connect(addr)
+        attack(s, deadline)
+        results.append(outcome([s]))
+    return "; ".join(f"{r} x{results.count(r)}" for r in sorted(set(results)))
+
+
 def continuation(addr, deadline) -> str:
-    s = connect(addr)
-    send(s, h2.frame(h2.HEADERS, 0, 1, block(b"/etcdserverpb.KV/Range")))
-    chunk = h2.frame(h2.CONTINUATION, 0, 1, b"\x00" * 16384) * 64
-    while until(deadline) and send(s, chunk):
-        pass
-    return outcome([s])
+    def attack(s: socket.socket, deadline: float) -> None:
+        send(s, h2.frame(h2.HEADERS, 0, 1, block(b"/etcdserverpb.KV/Range")))
+        chunk = h2.frame(h2.CONTINUATION, 0, 1, b"\x00" * 16384) * 64
+        while until(deadline) and send(s, chunk):
+            pass
+    return reconnecting(addr, deadline, attack)
 
 
 def hpack_bomb(addr, deadline) -> str:
     """Per stream: a 4 KB header added to the table, then 60 KB of one-byte references."""
-    s = connect(addr)
     entry = b"\x40" + h2.literal(b"x-bomb", b"b" * 4000)[1:]
-    sid = 1
-    while until(deadline):
-        frames = h2.frame(h2.HEADERS, 0, sid, block(b"/etcdserverpb.KV/Range") + entry)
-        for i in range(4):
-            flags = h2.END_HEADERS if i == 3 else 0
-            frames += h2.frame(h2.CONTINUATION, flags, sid, b"\xbe" * 15000)
-        if not send(s, frames):
-            break
-        sid += 2
-    return outcome([s])
+
+    def attack(s: socket.socket, deadline: float) -> None:
+        sid = 1
+        while until(deadline):
+            frames = h2.frame(h2.HEADERS, 0, sid, block(b"/etcdserverpb.KV/Range") + entry)
+            for i in range(4):
+                flags = h2.END_HEADERS if i == 3 else 0
+                frames += h2.frame(h2.CONTINUATION, flags, sid, b"\xbe" * 15000)
+            if not send(s, frames):
+                break
+            sid += 2
+    return reconnecting(addr, deadline, attack)
 
 
 def many_streams(addr, deadline) -> str:
@@ -250,6 +264,8 @@ class Watcher:
                 self.peak = max(self.peak, self.proc.memory_info().rss)
             except psutil.Error:
                 return
+            if self.peak > RSS_CAP:
+                TOO_BIG.set()
             time.sleep(0.02)
 
     def _probe(self) -> None:
@@ -290,6 +306,8 @@ def measure(name: str, url: str, pid: int, others: list[str], log: Path | None) 
     took = time.monotonic() - start
     time.sleep(2)  # what the attack left behind settles
     watcher.close()
+    capped = " (stopped at the RSS cap)" if TOO_BIG.is_set() else ""
+    TOO_BIG.clear()
     after = [status(u) for u in [url, *others]]
     alive = psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     terms = [f"{b[0] if b else '-'}->{a[0] if a else '-'}" for b, a in zip(before, after)]
@@ -297,7 +315,7 @@ def measure(name: str, url: str, pid: int, others: list[str], log: Path | None) 
     print(f"{name:16} peak RSS +{(watcher.peak - watcher.base) / 2**20:7.1f} MiB "
           f"(base {watcher.base / 2**20:.0f})  longest probe wait {watcher.longest:6.2f} s "
           f"({watcher.failures} failed)  terms {' '.join(terms)}  alive={alive}  "
-          f"log +{grown / 1024:.0f} KiB  attack {took:.1f} s: {got}", flush=True)
+          f"log +{grown / 1024:.0f} KiB  attack {took:.1f} s{capped}: {got}", flush=True)
 
 
 def run_on_cluster(repo: Path, name: str) -> None:

@@ -74,6 +74,10 @@ SEND_HIGH_WATER = 256 * 1024  # a streaming handler waits while more than this i
 LISTEN_BACKLOG = 1024
 GOAWAY_LINGER = 1.0  # seconds a connection we ended is still read (see Connection._fail)
 _HEADER_CACHE_MAX = 512
+_HEADER_CACHE_BLOCK_MAX = 4096  # larger blocks are not cached (512 of them: 2 MiB at most)
+# Header block bytes decoded (not found in the cache) per read before the rest of the read
+# waits for a later loop step: a 64 KiB block of Huffman-coded text costs ~50 ms to decode.
+HEADER_BYTES_PER_READ = 64 * 1024
 _MSG_PREFIX = struct.Struct(">BI")
 _OK_TRAILERS = h2.status_block(0, "")
 _END = object()  # end of a client's request stream
@@ -246,7 +250,11 @@ class Connection(asyncio.Protocol):
         self.out_size = 0  # bytes in ``out``
         self.flush_scheduled = False
         self.receiving = False  # in data_received: what it queues is flushed after its calls
-        self.backlog = False  # frames left unparsed in ``buf`` while output was too high
+        # Parsing stops at the next frame (output over OUT_HIGH_WATER, or this read decoded
+        # HEADER_BYTES_PER_READ); what is left waits in ``buf`` (``backlog``) for _continue.
+        self.yield_now = False
+        self.header_budget = HEADER_BYTES_PER_READ
+        self.backlog = False
         self.send_window = h2.DEFAULT_WINDOW
         self.peer_initial_window = h2.DEFAULT_WINDOW
         self.peer_max_frame = h2.DEFAULT_MAX_FRAME
@@ -319,10 +327,10 @@ class Connection(asyncio.Protocol):
         self.transport.abort()
 
     def _continue(self) -> None:
-        """Parse the frames left in ``buf`` when output went over OUT_HIGH_WATER."""
+        """Parse the frames left in ``buf`` (see ``yield_now``)."""
         if self.closed or not self.backlog or not self.writable.is_set():
             return
-        self.backlog = False
+        self.backlog = self.yield_now = False
         self.transport.resume_reading()
         self.data_received(b"")
 
@@ -336,6 +344,7 @@ class Connection(asyncio.Protocol):
         # along with most requests, and that ack's socket write otherwise came first, on the
         # path of the request.
         self.receiving = True
+        self.header_budget = HEADER_BYTES_PER_READ
         try:
             self._receive(data)
         finally:
@@ -343,6 +352,8 @@ class Connection(asyncio.Protocol):
             if self.out and not self.flush_scheduled:
                 self.flush_scheduled = True
                 self.loop.call_soon(self.loop.call_soon, self._flush)
+            elif self.backlog and not self.out:
+                self.loop.call_soon(self._continue)  # (else the flush continues)
 
     def _receive(self, data: bytes) -> None:
         # Frames are parsed straight from ``data``; only a partial frame left at its end is
@@ -365,9 +376,10 @@ class Connection(asyncio.Protocol):
         n = len(buf)
         handlers = self._frame_handlers
         while n - pos >= 9 and not self.closed:
-            if self.out_size > OUT_HIGH_WATER:
-                # What the frames made us queue has not left yet: stop here (the client
-                # does not read, or it floods us with frames that each want an answer).
+            if self.yield_now:
+                # What the frames made us queue has not left yet (the client does not read,
+                # or it floods us with frames that each want an answer), or this read has
+                # had its share of the loop: stop here, read no more until the rest is done.
                 self.backlog = True
                 self.transport.pause_reading()
                 break
@@ -610,19 +622,24 @@ class Connection(asyncio.Protocol):
         cached = self.header_cache.get(block)
         if cached is not None:
             return cached
+        self.header_budget -= len(block)
+        if self.header_budget < 0:
+            self.yield_now = True
         generation = self.decoder.generation
         path, timeout, metadata = "", None, []
         for name, value in self.decoder.decode(block, MAX_HEADER_LIST_SIZE):
+            # latin-1 never fails: a path or name that is not ASCII finds no method
             if name == b":path":
-                path = value.decode()
+                path = value.decode("latin-1")
             elif name == b"grpc-timeout":
-                timeout = h2.grpc_timeout(value.decode())
+                timeout = h2.grpc_timeout(value.decode("latin-1"))
             elif not name.startswith(b":"):
-                metadata.append((name.decode(), value.decode("latin-1")))
+                metadata.append((name.decode("latin-1"), value.decode("latin-1")))
         result = (path, tuple(metadata), timeout)
         if self.decoder.generation != generation:
             self.header_cache.clear()  # indexes now point elsewhere
-        else:  # the timeout is relative to the call's arrival: cacheable too
+        elif len(block) <= _HEADER_CACHE_BLOCK_MAX:
+            # the timeout is relative to the call's arrival: cacheable too
             if len(self.header_cache) >= _HEADER_CACHE_MAX:
                 self.header_cache.clear()
             self.header_cache[block] = result
@@ -792,6 +809,8 @@ class Connection(asyncio.Protocol):
     def queue(self, data: bytes) -> None:
         self.out.append(data)
         self.out_size += len(data)
+        if self.out_size > OUT_HIGH_WATER:
+            self.yield_now = True
         if not self.flush_scheduled and not self.receiving:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)
@@ -800,6 +819,7 @@ class Connection(asyncio.Protocol):
         self.flush_scheduled = False
         out, self.out = self.out, []
         self.out_size = 0
+        self.yield_now = False
         if not self.closed and self.transport is not None:
             self.transport.write(b"".join(out))
             tr("write")

@@ -300,6 +300,36 @@ def test_header_list_within_the_limit_is_served() -> None:
     run(scenario)
 
 
+def test_header_blocks_decoded_per_read_are_bounded(monkeypatch) -> None:
+    """Many large header blocks that the cache cannot answer: one read decodes its share
+    (HEADER_BYTES_PER_READ, plus the block that crossed it), the rest waits for a later loop
+    step; every call is still answered."""
+    most = []
+    receive = wire.Connection.data_received
+
+    def data_received(self: wire.Connection, data: bytes) -> None:
+        receive(self, data)
+        most.append(wire.HEADER_BYTES_PER_READ - self.header_budget)
+
+    monkeypatch.setattr(wire.Connection, "data_received", data_received)
+
+    async def scenario(server: Server, port: int) -> None:
+        raw = await Raw.open(port)
+        calls = []
+        for i in range(40):  # 40 blocks of 12 KB, each different
+            sid = 2 * i + 1
+            calls.append(h2.frame(h2.HEADERS, h2.END_HEADERS, sid, request_block(PUT)
+                                  + h2.literal(b"x-pad", b"%05d" % i * 2400))
+                         + h2.frame(h2.DATA, h2.END_STREAM, sid, put_request()))
+        raw.send(b"".join(calls))
+        for i in range(40):
+            await raw.answered(2 * i + 1)
+        raw.close()
+    run(scenario)
+    assert max(most) <= wire.HEADER_BYTES_PER_READ + 16384
+    assert len(most) > 480_000 // (wire.HEADER_BYTES_PER_READ + 16384)
+
+
 # --- streams and flow control -----------------------------------------------------------------
 
 
