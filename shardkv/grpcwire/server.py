@@ -432,9 +432,11 @@ class Connection(asyncio.Protocol):
         data = stream.data
         data += payload
         if stream.requests is None:
-            # Refused as soon as the message's length is known, not once it is all here.
-            if len(data) > self.server.max_receive + 5 or len(data) >= 5 \
-                    and _MSG_PREFIX.unpack_from(data, 0)[1] > self.server.max_receive:
+            # Refused as soon as the message's length is known, not once it is all here
+            # (a complete request is checked by _end_of_request).
+            if not flags & h2.END_STREAM and len(data) >= 5 and (
+                    len(data) > self.server.max_receive + 5
+                    or _MSG_PREFIX.unpack_from(data, 0)[1] > self.server.max_receive):
                 self._too_large(stream)
                 return
         else:
