@@ -47,18 +47,21 @@ from shardkv.trace import tr
 
 log = logging.getLogger(__name__)
 
-# What a client may send on one stream before we reopen its window. A unary request is taken
-# whole (it is refused beyond the server's max_receive), so its window is reopened as data
-# arrives; a streaming call's only while its handler keeps up. 1 MiB keeps a 1.5 MiB Put to
-# one window update on the way.
+# Receive windows. A stream starts with the RFC's 64 KiB (what most requests need at most);
+# past that, its window is widened to STREAM_WINDOW (1 MiB: a 1.5 MiB Put needs one more window
+# update on its way). A streaming call's window is reopened only while its handler keeps up
+# with the messages received; a unary request's (taken whole, refused beyond max_receive) while
+# the connection holds less than CONN_REQUEST_BUDGET of requests still arriving, or for its
+# oldest such request (so one always completes, however a client interleaves its requests).
+# A connection so holds at most CONN_REQUEST_BUDGET + 64 KiB per stream + one request.
 STREAM_WINDOW = 1 << 20
+CONN_REQUEST_BUDGET = 32 << 20
 # What a client may send on the connection before we reopen its window (reopened as data
 # arrives: what a connection holds is bounded per stream, see above).
 CONN_WINDOW = 1 << 24
 # The default of etcd's --max-concurrent-streams here. etcd's is unlimited (math.MaxUint32);
-# RFC 9113 6.5.2 asks for no less than 100, and with 100 a connection's request data is held to
-# 100 times the largest request (max-request-bytes + 512 KiB, ~200 MiB at etcd's defaults).
-# Clients queue calls beyond it (etcd's clientv3 multiplexes its watches on one stream).
+# RFC 9113 6.5.2 asks for no less than 100. Clients queue calls beyond it (etcd's clientv3
+# multiplexes its watches on one stream).
 MAX_CONCURRENT_STREAMS = 100
 # SETTINGS_MAX_HEADER_LIST_SIZE (RFC 9113 6.5.2), also the most a header block may take before
 # it is decoded. grpc-go allows 16 MiB, grpc's C core 8-16 KiB; etcd's clients send well under
@@ -146,7 +149,7 @@ class Stream:
 
     __slots__ = ("conn", "id", "handler", "metadata", "deadline", "timer", "task", "data",
                  "requests", "queued", "request_ended", "headers_sent", "send_credit",
-                 "pending", "trailers", "drained", "reset", "expired", "recv_window")
+                 "pending", "trailers", "drained", "reset", "expired", "recv_window", "granted")
 
     def __init__(self, conn: "Connection", stream_id: int) -> None:
         self.conn = conn
@@ -169,7 +172,8 @@ class Stream:
         self.drained: asyncio.Event | None = None
         self.reset = False  # the client reset the stream or the connection went away
         self.expired = False  # the call's deadline passed
-        self.recv_window = STREAM_WINDOW
+        self.recv_window = h2.DEFAULT_WINDOW
+        self.granted = 0  # window given to a unary request past the first 64 KiB
 
     def send_unary(self, payload: bytes) -> None:
         """Headers, the one response message and OK trailers, in one go when windows allow."""
@@ -259,6 +263,8 @@ class Connection(asyncio.Protocol):
         self.peer_initial_window = h2.DEFAULT_WINDOW
         self.peer_max_frame = h2.DEFAULT_MAX_FRAME
         self.recv_window = CONN_WINDOW
+        self.granted = 0  # what the streams in ``growing`` were granted (CONN_REQUEST_BUDGET)
+        self.growing: dict[int, Stream] = {}  # unary requests past 64 KiB, oldest first
         self.running = 0  # handler tasks not yet returned (reset streams' too)
         self.blocked: dict[int, Stream] = {}
         self.writable = asyncio.Event()
@@ -282,7 +288,6 @@ class Connection(asyncio.Protocol):
             return
         self.server.connections.add(self)
         self.queue(h2.settings([(h2.SETTINGS_MAX_CONCURRENT_STREAMS, self.server.max_streams),
-                                (h2.SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW),
                                 (h2.SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST_SIZE),
                                 (h2.SETTINGS_ENABLE_PUSH, 0)])
                    + h2.window_update(0, CONN_WINDOW - h2.DEFAULT_WINDOW))
@@ -445,13 +450,39 @@ class Connection(asyncio.Protocol):
                 return
         if flags & h2.END_STREAM:
             self._end_of_request(stream)
-        elif stream.recv_window <= STREAM_WINDOW // 2 and stream.queued < STREAM_WINDOW:
-            self._reopen(stream)
+        elif stream.recv_window <= STREAM_WINDOW // 2:
+            if stream.requests is None:
+                self._grow(stream)
+            elif stream.queued < STREAM_WINDOW:
+                self._reopen(stream)
 
     def _reopen(self, stream: Stream) -> None:
         """Give the client back the stream window it used."""
         self.queue(h2.window_update(stream.id, STREAM_WINDOW - stream.recv_window))
         stream.recv_window = STREAM_WINDOW
+
+    def _grow(self, stream: Stream) -> None:
+        """Reopen a unary request's window within CONN_REQUEST_BUDGET; past it, only the
+        oldest growing request's (the others wait in ``growing`` for _release)."""
+        growing = self.growing
+        if stream.id not in growing:
+            growing[stream.id] = stream
+        increment = STREAM_WINDOW - stream.recv_window
+        if self.granted + increment > CONN_REQUEST_BUDGET and next(iter(growing)) != stream.id:
+            return
+        self.granted += increment
+        stream.granted += increment
+        self._reopen(stream)
+
+    def _release(self, stream: Stream) -> None:
+        """A unary request no longer arriving gives its grant back to those waiting."""
+        if self.growing.pop(stream.id, None) is None:
+            return
+        self.granted -= stream.granted
+        stream.granted = 0
+        for waiting in list(self.growing.values()):
+            if waiting.recv_window <= STREAM_WINDOW // 2:
+                self._grow(waiting)
 
     def _on_headers(self, flags: int, sid: int, payload: bytes) -> None:
         if sid == 0:
@@ -649,6 +680,8 @@ class Connection(asyncio.Protocol):
 
     def _end_of_request(self, stream: Stream) -> None:
         stream.request_ended = True
+        if self.growing:
+            self._release(stream)
         if stream.requests is not None:
             stream.requests.put_nowait(_END)
             return
@@ -799,6 +832,8 @@ class Connection(asyncio.Protocol):
 
     def _cancel(self, stream: Stream) -> None:
         stream.reset = True
+        if self.growing:
+            self._release(stream)
         if stream.timer is not None:
             stream.timer.cancel()
         if stream.task is not None and not stream.task.done():
@@ -852,6 +887,8 @@ class Connection(asyncio.Protocol):
         """The response is complete; a client still sending is told to stop (as grpc-go)."""
         if self.streams.pop(stream.id, None) is not None and not stream.request_ended:
             self.queue(h2.rst_stream(stream.id, h2.NO_ERROR))
+            if self.growing:
+                self._release(stream)
         if stream.requests is not None and not stream.request_ended:
             stream.request_ended = True
             stream.requests.put_nowait(_END)

@@ -174,7 +174,6 @@ def test_server_advertises_its_limits() -> None:
         kind, flags, _, payload = await raw.until(lambda f: f[0] == h2.SETTINGS and not f[1])
         assert h2.parse_settings(payload) == {
             h2.SETTINGS_MAX_CONCURRENT_STREAMS: 7,
-            h2.SETTINGS_INITIAL_WINDOW_SIZE: wire.STREAM_WINDOW,
             h2.SETTINGS_MAX_HEADER_LIST_SIZE: wire.MAX_HEADER_LIST_SIZE,
             h2.SETTINGS_ENABLE_PUSH: 0}
         raw.close()
@@ -393,6 +392,42 @@ def test_request_data_held_per_connection_is_bounded() -> None:
         raw.close()
         await served(port)
     run(scenario, max_concurrent_streams=20, max_receive_message_length=250_000)
+
+
+def test_unary_requests_still_arriving_share_a_budget_per_connection(monkeypatch) -> None:
+    """Windows past the first 64 KiB are granted within CONN_REQUEST_BUDGET (always to the
+    oldest request, so concurrent large requests on one connection all complete); a client
+    sending past its window has that stream reset."""
+    monkeypatch.setattr(wire, "CONN_REQUEST_BUDGET", 2 << 20)
+    most = []
+    grow = wire.Connection._grow
+
+    def watched(self: wire.Connection, stream: wire.Stream) -> None:
+        grow(self, stream)
+        most.append(self.granted)
+
+    monkeypatch.setattr(wire.Connection, "_grow", watched)
+
+    async def scenario(server: Server, port: int) -> None:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            kv = rpc_pb2_grpc.KVStub(channel)
+            value = b"v" * 1_500_000
+            resps = await asyncio.gather(*(kv.Put(pb.PutRequest(key=b"k", value=value),
+                                                  timeout=30) for _ in range(12)))
+            assert all(r.header.revision == len(value) for r in resps)
+        assert max(most) <= (2 << 20) + wire.STREAM_WINDOW
+        raw = await Raw.open(port)  # ignores its windows
+        body = put_request(b"v" * 1_000_000)
+        for i in range(30):
+            raw.call(2 * i + 1, PUT, body, end=False)
+        raw.send(h2.frame(h2.PING, 0, 0, b"8 bytes!"))
+        await raw.until(lambda f: f[0] == h2.PING)
+        assert await raw.rst(59) == h2.FLOW_CONTROL_ERROR
+        conn = connection(server)
+        held = sum(len(s.data) for s in conn.streams.values())
+        assert held <= (2 << 20) + 30 * h2.DEFAULT_WINDOW + wire.STREAM_WINDOW
+        raw.close()
+    run(scenario, max_receive_message_length=4 << 20)
 
 
 def test_data_beyond_a_shut_stream_window_resets_the_stream() -> None:
