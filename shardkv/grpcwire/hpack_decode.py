@@ -17,6 +17,12 @@ class HPACKError(Exception):
     """A malformed header block: the connection must end (COMPRESSION_ERROR)."""
 
 
+class HeaderListTooLarge(HPACKError):
+    """The decoded header list is larger than the limit. Decoding stopped there (the rest of
+    a block of small references to a large entry costs ~5 µs a byte), so the dynamic table is
+    out of step with the peer's: the connection must end too."""
+
+
 class Decoder:
     def __init__(self, max_table_size: int = 4096) -> None:
         self.max_allowed = max_table_size  # what our SETTINGS allow (the default)
@@ -25,29 +31,41 @@ class Decoder:
         self.dynamic: deque[tuple[bytes, bytes]] = deque()
         self.generation = 0  # bumped whenever the dynamic table changes
 
-    def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+    def decode(self, block: bytes, max_list_size: int) -> list[tuple[bytes, bytes]]:
+        """The fields of a header block. Raises HeaderListTooLarge as soon as their size (RFC
+        9113 6.5.2: name, value and 32 bytes per field) passes ``max_list_size``: a block of
+        small references to a large table entry (an "HPACK bomb") never makes more than the
+        limit's worth of fields, nor costs more than that to decode."""
         fields = []
+        room = max_list_size
         pos, end = 0, len(block)
         try:
             while pos < end:
                 b = block[pos]
                 if b & 0x80:  # indexed field
                     index, pos = _integer(block, pos, 7)
-                    fields.append(self._get(index))
+                    field = self._get(index)
                 elif b & 0x40:  # literal with incremental indexing
                     name, value, pos = self._literal(block, pos, 6)
-                    fields.append((name, value))
+                    field = (name, value)
                     self._add(name, value)
                 elif b & 0x20:  # dynamic table size update
+                    if room != max_list_size:  # RFC 7541 4.2: only at the start of a block
+                        raise HPACKError("table size update after a header field")
                     size, pos = _integer(block, pos, 5)
                     if size > self.max_allowed:
                         raise HPACKError("table size update above the allowed maximum")
                     self.max_size = size
                     self._evict()
                     self.generation += 1
+                    continue
                 else:  # literal without indexing (0000) or never indexed (0001)
                     name, value, pos = self._literal(block, pos, 4)
-                    fields.append((name, value))
+                    field = (name, value)
+                room -= len(field[0]) + len(field[1]) + _ENTRY_OVERHEAD
+                if room < 0:
+                    raise HeaderListTooLarge(f"header list larger than {max_list_size} bytes")
+                fields.append(field)
         except IndexError:
             raise HPACKError("truncated header block") from None
         return fields

@@ -20,17 +20,27 @@ PADDED = 0x8
 PRIORITY_FLAG = 0x20
 
 # settings
+SETTINGS_HEADER_TABLE_SIZE = 0x1
 SETTINGS_ENABLE_PUSH = 0x2
+SETTINGS_MAX_CONCURRENT_STREAMS = 0x3
 SETTINGS_INITIAL_WINDOW_SIZE = 0x4
 SETTINGS_MAX_FRAME_SIZE = 0x5
+SETTINGS_MAX_HEADER_LIST_SIZE = 0x6
 
 # error codes
 NO_ERROR = 0x0
 PROTOCOL_ERROR = 0x1
+FLOW_CONTROL_ERROR = 0x3
+FRAME_SIZE_ERROR = 0x6
+REFUSED_STREAM = 0x7
+CANCEL = 0x8
 COMPRESSION_ERROR = 0x9
+ENHANCE_YOUR_CALM = 0xB
 
 DEFAULT_WINDOW = 65_535
-DEFAULT_MAX_FRAME = 16_384
+DEFAULT_MAX_FRAME = 16_384  # also the smallest SETTINGS_MAX_FRAME_SIZE allowed (RFC 9113 6.5.2)
+MAX_FRAME_LIMIT = (1 << 24) - 1  # the largest one
+MAX_WINDOW = (1 << 31) - 1  # the largest flow-control window (RFC 9113 6.9.1)
 
 _HEAD = struct.Struct(">BHBBI")
 _SETTING = struct.Struct(">HI")
@@ -51,8 +61,10 @@ def settings(pairs: list[tuple[int, int]]) -> bytes:
     return frame(SETTINGS, 0, 0, b"".join(_SETTING.pack(k, v) for k, v in pairs))
 
 
-def parse_settings(payload: bytes) -> list[tuple[int, int]]:
-    return [_SETTING.unpack_from(payload, i) for i in range(0, len(payload) - 5, 6)]
+def parse_settings(payload: bytes) -> dict[int, int]:
+    """Identifier -> value; a repeated identifier keeps its last value (RFC 9113 6.5.3 applies
+    them in order), so applying the result costs one step per distinct identifier."""
+    return dict(_SETTING.unpack_from(payload, i) for i in range(0, len(payload) - 5, 6))
 
 
 def window_update(stream_id: int, increment: int) -> bytes:
@@ -67,10 +79,13 @@ def goaway(last_stream_id: int, code: int) -> bytes:
     return frame(GOAWAY, 0, 0, struct.pack(">II", last_stream_id, code))
 
 
-def strip_padding(flags: int, payload: bytes) -> bytes:
+def strip_padding(flags: int, payload: bytes) -> bytes | None:
+    """The payload without its padding; None when the padding is as long as the frame or
+    longer (a PROTOCOL_ERROR, RFC 9113 6.1)."""
     if flags & PADDED:
-        pad = payload[0]
-        return payload[1:len(payload) - pad]
+        if not payload or payload[0] >= len(payload):
+            return None
+        return payload[1:len(payload) - payload[0]]
     return payload
 
 

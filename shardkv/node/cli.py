@@ -6,11 +6,13 @@ import faulthandler
 import functools
 import logging
 import os
+import resource
 import signal
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
+from shardkv import grpcwire
 from shardkv.node import compactor, flags, intake, metrics
 from shardkv.node.member import Member, MemberConfig, StartupError
 from shardkv.node.services.maintenance import VERSION
@@ -49,6 +51,30 @@ def member_config(s: flags.Settings) -> MemberConfig:
     )
 
 
+FD_RESERVE = 256  # file descriptors kept for all but client connections (peers, files)
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard one, as Go's runtime does for etcd;
+    returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit to %d: %s", hard, exc)
+    return soft
+
+
+def max_concurrent_streams(settings: flags.Settings) -> int:
+    value = settings.int("max-concurrent-streams")
+    if not 0 <= value <= 2**32 - 1:
+        raise flags.FlagError(f"invalid value {value} for flag --max-concurrent-streams "
+                              "(want 0 to 4294967295)")
+    return value or 2**32 - 1  # 0: no limit, as for etcd (grpc-go)
+
+
 def grpc_address(url: str) -> str:
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "unix") or not parsed.port:
@@ -67,6 +93,8 @@ async def serve(settings: flags.Settings) -> int:
         raise flags.FlagError("--client-workers must be 0 or more")
     if settings.get("grpc-server") not in flags.GRPC_SERVERS:
         raise flags.FlagError("--grpc-server must be native or grpcio")
+    streams = max_concurrent_streams(settings)
+    fd_limit = raise_fd_limit()
     intakes = intake.start_processes(workers)
     try:
         member = Member(member_config(settings))
@@ -74,6 +102,12 @@ async def serve(settings: flags.Settings) -> int:
         # With intake processes the member's own server is private to them (loopback).
         server, channels, ports = build_server(member, ["127.0.0.1:0"] if workers else
                                                client_addresses, settings.get("grpc-server"))
+        if isinstance(server, grpcwire.Server):
+            server.max_streams = streams
+            # Client connections must leave the member descriptors for the rest: at the
+            # limit it could not reach its peers or its files.
+            server.max_connections = min(server.max_connections,
+                                         max(1, fd_limit - FD_RESERVE))
         await server.start()
         await member.start()
     except BaseException:

@@ -32,6 +32,9 @@ IMPLEMENTED: dict[str, str] = {
     "quota-backend-bytes": "0",
     "max-request-bytes": str(1536 * 1024),
     "max-txn-ops": "128",
+    # etcd's default is math.MaxUint32 (no limit); ours bounds what one connection may hold
+    # (see shardkv/grpcwire/server.py). 0 means no limit, as in etcd.
+    "max-concurrent-streams": "100",
     "auto-compaction-mode": "periodic",
     "auto-compaction-retention": "0",
     "listen-metrics-urls": "",
@@ -68,7 +71,7 @@ IGNORED = {
     "experimental-enable-v2v3", "experimental-enable-lease-checkpoint",
     "experimental-compaction-batch-limit", "experimental-peer-skip-client-san-verification",
     "experimental-watch-progress-notify-interval", "experimental-backend-bbolt-freelist-type",
-    "experimental-warning-apply-duration", "max-concurrent-streams", "auth-token-ttl",
+    "experimental-warning-apply-duration", "auth-token-ttl",
 }
 
 # Flags that take no value on the command line (``--flag`` means true, ``--flag=false`` allowed).

@@ -278,7 +278,7 @@ def test_ping_and_settings_are_acked_without_any_call() -> None:
 
     async def scenario(channel, services) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", services["port"])
-        writer.write(h2.PREFACE + h2.frame(h2.SETTINGS, 0, 0, h2.settings([]))
+        writer.write(h2.PREFACE + h2.settings([])
                      + h2.frame(h2.PING, 0, 0, b"12345678"))
         got: list[tuple[int, int, bytes]] = []
         buf = b""
