@@ -30,6 +30,7 @@ from shardkv.api.mvccpb import kv_pb2
 from shardkv.mvcc import bbolt, etcd_db
 from shardkv.mvcc.store import fsync_dir
 from shardkv.node.membership import cluster_id, member_id
+from shardkv.protowire import varint
 
 _U64 = struct.Struct(">Q")
 COPY_CHUNK = 16 << 20
@@ -103,28 +104,19 @@ def verify_bootstrap(name: str, peer_urls: list[str], cluster: dict[str, list[st
         raise AdminError(f"initial cluster {text} has duplicate url", EXIT_BAD_ARGS)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if not n:
-            out.append(b)
-            return bytes(out)
-        out.append(b | 0x80)
 
 
 def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
 
 
 def snap_file(voters: list[int], index: int, term: int) -> bytes:
     """etcd's snap file: snappb.Snapshot{crc: CRC-32C of data, data: raftpb.Snapshot{metadata:
     {conf_state: {voters, auto_leave: false}, index, term}}} (no v2 store data)."""
-    conf = b"".join(b"\x08" + _varint(v) for v in voters) + b"\x28\x00"
-    meta = _field(1, conf) + b"\x10" + _varint(index) + b"\x18" + _varint(term)
+    conf = b"".join(b"\x08" + varint(v) for v in voters) + b"\x28\x00"
+    meta = _field(1, conf) + b"\x10" + varint(index) + b"\x18" + varint(term)
     data = _field(2, meta)
-    return b"\x08" + _varint(dbfile.crc32c(data)) + _field(2, data)
+    return b"\x08" + varint(dbfile.crc32c(data)) + _field(2, data)
 
 
 def _check_keys(items: Iterator[tuple[bytes, bytes]]) -> int:

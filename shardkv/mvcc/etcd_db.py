@@ -24,6 +24,7 @@ from shardkv.api.mvccpb import kv_pb2
 from shardkv.mvcc import bbolt
 from shardkv.mvcc.kv import KeyValue
 from shardkv.mvcc.revision import bytes_to_rev
+from shardkv.protowire import varint
 
 _U64 = struct.Struct(">Q")
 _ALARM = struct.Struct(">QB")  # the store's alarm key: member id, alarm type
@@ -39,22 +40,11 @@ def parse_etcd_revision(raw: bytes) -> tuple[int, int, bool]:
     return _U64.unpack(raw[:8])[0], _U64.unpack(raw[9:17])[0], raw[17:18] == b"t"
 
 
-def _varint(n: int) -> bytes:
-    n &= 0xFFFFFFFFFFFFFFFF  # protobuf int64: negatives as 10-byte two's complement
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 def lease_record(lease_id: int, ttl: int) -> bytes:
     """leasepb.Lease{ID: 1, TTL: 2} (RemainingTTL is only set by checkpoints)."""
-    return b"\x08" + _varint(lease_id) + b"\x10" + _varint(ttl)
+    return b"\x08" + varint(lease_id) + b"\x10" + varint(ttl)
 
 
 def _kv_proto(kv: KeyValue) -> bytes:

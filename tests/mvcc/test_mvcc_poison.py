@@ -22,23 +22,10 @@ from shardkv.mvcc.kv import (
     SortOrder,
     TxnRequest,
 )
+from applier import Applier
 from shardkv.mvcc.store import Store
 from shardkv.mvcc.validate import validate
 
-
-class Applier:
-    """Feeds requests to a store as consecutive Raft entries, in one batch."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.index = store.consistent_index
-
-    def __call__(self, *requests: object) -> list[object]:
-        batch = []
-        for req in requests:
-            self.index += 1
-            batch.append((self.index, req))
-        return self.store.apply(batch).results
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from shardkv.api.etcdserverpb import rpc_pb2
 from shardkv.api.v3electionpb import v3election_pb2
 from shardkv.api.v3lockpb import v3lock_pb2
+from shardkv.protowire import varint
 
 F = FieldDescriptor
 _INT64 = (F.TYPE_INT64, F.TYPE_SINT64, F.TYPE_SFIXED64)
@@ -59,33 +60,22 @@ def methods() -> list[Method]:
 
 # ---- the wire format, written by hand -------------------------------------------------------
 
-def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1  # negative numbers are sent as their 64-bit two's complement
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 def _key(number: int, wire_type: int) -> bytes:
-    return _varint(number << 3 | wire_type)
+    return varint(number << 3 | wire_type)
 
 
 def _field(fd: FieldDescriptor, value: object) -> bytes:
     t = fd.type
     if t in (F.TYPE_MESSAGE, F.TYPE_BYTES, F.TYPE_STRING):
         data = value if isinstance(value, bytes) else bytes(value)  # type: ignore[arg-type]
-        return _key(fd.number, 2) + _varint(len(data)) + data
+        return _key(fd.number, 2) + varint(len(data)) + data
     if t in (F.TYPE_FIXED64, F.TYPE_SFIXED64, F.TYPE_DOUBLE):
         return _key(fd.number, 1) + (int(value) & (2**64 - 1)).to_bytes(8, "little")
     if t in (F.TYPE_FIXED32, F.TYPE_SFIXED32, F.TYPE_FLOAT):
         return _key(fd.number, 5) + (int(value) & (2**32 - 1)).to_bytes(4, "little")
-    return _key(fd.number, 0) + _varint(int(value))  # ints, bools, enums
+    return _key(fd.number, 0) + varint(int(value))  # ints, bools, enums
 
 
 # ---- strategies --------------------------------------------------------------------------------
@@ -137,7 +127,7 @@ def _message(desc: Descriptor, depth: int, big: bool = True) -> st.SearchStrateg
             parts.append(values.map(lambda vs, fd=fd: b"".join(_field(fd, v) for v in vs)))
         else:
             parts.append(st.one_of(st.just(b""), one.map(lambda v, fd=fd: _field(fd, v))))
-    unknown = st.one_of(st.just(b""), st.just(_key(999, 0) + _varint(7)))
+    unknown = st.one_of(st.just(b""), st.just(_key(999, 0) + varint(7)))
     return st.tuples(*parts, unknown).map(b"".join)
 
 

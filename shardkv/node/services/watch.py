@@ -15,6 +15,7 @@ from shardkv.mvcc import kv
 from shardkv.mvcc.watch import Events, Watcher
 from shardkv.node.member import Member
 from shardkv.node.services import convert
+from shardkv.protowire import varint
 from shardkv.raft import NONE
 
 PROGRESS_WATCH_ID = -1  # etcd 3.4: a progress response is broadcast to every watch channel
@@ -215,19 +216,19 @@ class _Encoder:
             b = self.base
             raw = pb.ResponseHeader(cluster_id=b.cluster_id, member_id=b.member_id,
                                     revision=rev, raft_term=b.raft_term).SerializeToString()
-            header = self.headers[rev] = b"\x0a" + _varint(len(raw)) + raw  # field 1
+            header = self.headers[rev] = b"\x0a" + varint(len(raw)) + raw  # field 1
         out = header
         if resp.watch_id:
-            out += b"\x10" + _varint(resp.watch_id)  # field 2, int64
+            out += b"\x10" + varint(resp.watch_id)  # field 2, int64
         if resp.created:
             out += b"\x18\x01"  # field 3
         if resp.canceled:
             out += b"\x20\x01"  # field 4
         if resp.compact_revision:
-            out += b"\x28" + _varint(resp.compact_revision)  # field 5, int64
+            out += b"\x28" + varint(resp.compact_revision)  # field 5, int64
         if resp.cancel_reason:
             reason = resp.cancel_reason.encode()
-            out += b"\x32" + _varint(len(reason)) + reason  # field 6
+            out += b"\x32" + varint(len(reason)) + reason  # field 6
         events: Events = resp.events  # the hub's responses with events carry an Events list
         if not events:
             return out
@@ -237,17 +238,6 @@ class _Encoder:
         return out + events.encoded
 
 
-def _varint(value: int) -> bytes:
-    """Protobuf's base-128 varint; a negative int64 as its 64-bit two's complement."""
-    if 0 <= value < 0x80:
-        return bytes((value,))
-    value &= 0xFFFFFFFFFFFFFFFF
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def fragments(msg: pb.WatchResponse, limit: int) -> list[pb.WatchResponse]:
