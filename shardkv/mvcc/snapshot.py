@@ -1,6 +1,6 @@
 """State-machine snapshots: a point-in-time copy of the whole LMDB database, streamed in chunks
 with a sha256 of the body appended (as etcd appends one to its snapshot db), restorable into a
-new data directory or installable over a running store.
+new data directory, or received (verified) into one that ``Store.replace_with`` swaps in.
 
 Stream format: the LMDB ``data.mdb`` bytes (compacted copy), then 32 bytes of sha256 over them.
 """
@@ -112,17 +112,3 @@ def receive(source: Source, directory: Path, map_size: int) -> int:
         shutil.rmtree(directory, ignore_errors=True)
         raise
 
-
-def install(store: Store, source: Source) -> int:
-    """Replace a running store's whole state with a received snapshot (verified first; the old
-    state is untouched if verification fails). Returns the snapshot's applied index. Watchers
-    of the old state should be cancelled by the caller: history may have changed under them."""
-    incoming = store.path.parent / (store.path.name + ".incoming")
-    shutil.rmtree(incoming, ignore_errors=True)
-    incoming.mkdir()
-    try:
-        _write_verified(source, incoming / "data.mdb")
-        store.replace_with(incoming / "data.mdb")
-    finally:
-        shutil.rmtree(incoming, ignore_errors=True)
-    return store.consistent_index

@@ -1,11 +1,12 @@
-"""Snapshots: point-in-time, streamed with a verified sha256, restorable and installable."""
+"""Snapshots: point-in-time, streamed with a verified sha256, restorable, and received
+into a running store (verified, then swapped in)."""
 from __future__ import annotations
 
 import pytest
 
 from shardkv.mvcc.errors import SnapshotChecksumError
 from shardkv.mvcc.kv import LeaseGrantRequest, PutRequest, RangeRequest
-from shardkv.mvcc.snapshot import StoreSnapshot, install, restore
+from shardkv.mvcc.snapshot import StoreSnapshot, receive, restore
 from shardkv.mvcc.store import Store
 
 
@@ -59,7 +60,7 @@ def test_restore_from_a_file_and_refuse_to_overwrite(tmp_path):
         restore(tmp_path / "snap.db", tmp_path / "dst")
 
 
-def test_install_replaces_a_running_store(tmp_path):
+def test_a_received_snapshot_replaces_a_running_store(tmp_path):
     with Store(tmp_path / "leader") as leader, Store(tmp_path / "follower") as follower:
         fill(leader, 1, 100, b"L")
         leader.apply([(101, LeaseGrantRequest(ID=9, TTL=60))])
@@ -67,9 +68,11 @@ def test_install_replaces_a_running_store(tmp_path):
         stream = list(StoreSnapshot(leader).chunks())
         corrupt = [stream[0][:-1] + b"?", *stream[1:]]
         with pytest.raises(SnapshotChecksumError):
-            install(follower, corrupt)
+            receive(corrupt, tmp_path / "bad", 1 << 30)
+        assert not (tmp_path / "bad").exists()
         assert keys_and_values(follower)[0][1] == b"F" * 100  # untouched
-        assert install(follower, stream) == 101
+        assert receive(stream, tmp_path / "good", 1 << 30) == 101
+        follower.replace_with(tmp_path / "good" / "data.mdb")
         assert follower.hash().hash == leader.hash().hash
         assert follower.lessor.ids() == [9]
         follower.apply([(102, PutRequest(key=b"after", value=b"x"))])

@@ -13,7 +13,9 @@ def test_synced_watcher_sees_history_that_arrived_by_snapshot(tmp_path):
         hub = WatchHub(follower)
         watcher = hub.watch(WatchCreateRequest(key=b"k"))
         previous = follower.current_revision
-        snapshot.install(follower, snapshot.StoreSnapshot(leader).chunks())
+        received = tmp_path / "received"  # as the member does: receive, verify, swap in
+        snapshot.receive(snapshot.StoreSnapshot(leader).chunks(), received, 1 << 30)
+        follower.replace_with(received / "data.mdb")
         hub.restored(previous)
         hub.sync_unsynced()
         responses = watcher.take()
